@@ -1,0 +1,187 @@
+"""Settings, read once from the environment; constructor arguments override it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+ENABLED = "COST_MIDDLEWARE_ENABLED"
+DATABASE_URL = "COST_MIDDLEWARE_DATABASE_URL"
+REDIS_URL = "COST_MIDDLEWARE_REDIS_URL"
+PRICES_FILE = "COST_MIDDLEWARE_PRICES_FILE"
+CACHE_TTL = "COST_MIDDLEWARE_CACHE_TTL"
+CACHE_SIZE = "COST_MIDDLEWARE_CACHE_SIZE"
+BATCH_SIZE = "COST_MIDDLEWARE_BATCH_SIZE"
+FLUSH_INTERVAL = "COST_MIDDLEWARE_FLUSH_INTERVAL"
+QUEUE_SIZE = "COST_MIDDLEWARE_QUEUE_SIZE"
+SPOOL_DIR = "COST_MIDDLEWARE_SPOOL_DIR"
+STATSD = "COST_MIDDLEWARE_STATSD"
+STATSD_HOST = "COST_MIDDLEWARE_STATSD_HOST"
+STATSD_PORT = "COST_MIDDLEWARE_STATSD_PORT"
+STATSD_PREFIX = "COST_MIDDLEWARE_STATSD_PREFIX"
+TENANT_HEADER = "COST_MIDDLEWARE_TENANT_HEADER"
+PATHS = "COST_MIDDLEWARE_PATHS"
+MAX_BODY_BYTES = "COST_MIDDLEWARE_MAX_BODY_BYTES"
+SHUTDOWN_TIMEOUT = "COST_MIDDLEWARE_SHUTDOWN_TIMEOUT"
+#: Standard fallback, as pystatsd reads it.
+STANDARD_STATSD_HOST = "STATSD_HOST"
+
+ALL_VARIABLES = (
+    ENABLED, DATABASE_URL, REDIS_URL, PRICES_FILE, CACHE_TTL, CACHE_SIZE, BATCH_SIZE,
+    FLUSH_INTERVAL, QUEUE_SIZE, SPOOL_DIR, STATSD, STATSD_HOST, STATSD_PORT, STATSD_PREFIX,
+    TENANT_HEADER, PATHS, MAX_BODY_BYTES, SHUTDOWN_TIMEOUT,
+)
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names the variable and the bad value."""
+
+    def __init__(self, variable: str, value: object, reason: str) -> None:
+        super().__init__(f"{variable}={value!r}: {reason}")
+        self.variable = variable
+        self.value = value
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    enabled: bool = True
+    database_url: str = "sqlite:///cost_middleware.db"
+    redis_url: str | None = None
+    prices_file: str | None = None
+    cache_ttl: float = 300.0
+    cache_size: int = 4096
+    batch_size: int = 500
+    flush_interval: float = 1.0
+    queue_size: int = 100_000
+    spool_dir: str = ".cost_middleware_spool"
+    statsd_enabled: bool = True
+    statsd_host: str = "localhost"
+    statsd_port: int = 8125
+    statsd_prefix: str = "cost_middleware"
+    tenant_header: str = "x-tenant-id"
+    #: Request-path globs to inspect; empty means the built-in provider table.
+    paths: tuple[str, ...] = field(default_factory=tuple)
+    #: Responses larger than this are not inspected (the skip is counted).
+    max_body_bytes: int = 8 * 1024 * 1024
+    shutdown_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_positive(CACHE_TTL, self.cache_ttl)
+        _check_positive(CACHE_SIZE, self.cache_size)
+        _check_positive(BATCH_SIZE, self.batch_size)
+        _check_positive(FLUSH_INTERVAL, self.flush_interval)
+        _check_positive(QUEUE_SIZE, self.queue_size)
+        _check_positive(MAX_BODY_BYTES, self.max_body_bytes)
+        _check_positive(SHUTDOWN_TIMEOUT, self.shutdown_timeout)
+        if not 0 < self.statsd_port < 65536:
+            raise ConfigError(STATSD_PORT, self.statsd_port, "must be a port number (1-65535)")
+        if not self.tenant_header or not _is_token(self.tenant_header):
+            raise ConfigError(TENANT_HEADER, self.tenant_header, "must be an HTTP header name")
+        if "://" not in self.database_url:
+            raise ConfigError(DATABASE_URL, self.database_url, "must be a SQLAlchemy URL")
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(REDIS_URL, self.redis_url, "must be a redis://, rediss:// or unix:// URL")
+        # Header names are matched against ASGI's lower-cased bytes.
+        object.__setattr__(self, "tenant_header", self.tenant_header.lower())
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); keyword arguments win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if (v := env.get(ENABLED)) is not None:
+            values["enabled"] = _bool(ENABLED, v)
+        for name, attr in ((DATABASE_URL, "database_url"), (SPOOL_DIR, "spool_dir"),
+                           (TENANT_HEADER, "tenant_header"), (STATSD_PREFIX, "statsd_prefix")):
+            if (v := env.get(name)) is not None:
+                if not v.strip():
+                    raise ConfigError(name, v, "must not be empty")
+                values[attr] = v.strip()
+        for name, attr in ((REDIS_URL, "redis_url"), (PRICES_FILE, "prices_file")):
+            if (v := env.get(name)) is not None and v.strip():
+                values[attr] = v.strip()
+        for name, attr in ((CACHE_TTL, "cache_ttl"), (FLUSH_INTERVAL, "flush_interval"),
+                           (SHUTDOWN_TIMEOUT, "shutdown_timeout")):
+            if (v := env.get(name)) is not None:
+                values[attr] = _float(name, v)
+        for name, attr in ((CACHE_SIZE, "cache_size"), (BATCH_SIZE, "batch_size"),
+                           (QUEUE_SIZE, "queue_size"), (STATSD_PORT, "statsd_port"),
+                           (MAX_BODY_BYTES, "max_body_bytes")):
+            if (v := env.get(name)) is not None:
+                values[attr] = _int(name, v)
+        if (v := env.get(STATSD)) is not None:
+            values["statsd_enabled"] = _bool(STATSD, v)
+        host = env.get(STATSD_HOST) or env.get(STANDARD_STATSD_HOST)
+        if host is not None and host.strip():
+            values["statsd_host"] = host.strip()
+        if (v := env.get(PATHS)) is not None:
+            values["paths"] = _globs(PATHS, v)
+        if "statsd_prefix" in values:
+            _check_prefix(values["statsd_prefix"])
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **overrides)
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(name, value, "must be one of true/false/1/0/yes/no/on/off")
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ConfigError(name, value, "must be an integer") from None
+
+
+def _float(name: str, value: str) -> float:
+    try:
+        result = float(value.strip())
+    except ValueError:
+        raise ConfigError(name, value, "must be a number") from None
+    if result != result or result in (float("inf"), float("-inf")):
+        raise ConfigError(name, value, "must be a finite number")
+    return result
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not value > 0:
+        raise ConfigError(name, value, "must be greater than zero")
+
+
+def _globs(name: str, value: str) -> tuple[str, ...]:
+    globs = tuple(p.strip() for p in value.split(",") if p.strip())
+    for g in globs:
+        if not g.startswith(("/", "*")):
+            raise ConfigError(name, value, f"glob {g!r} must start with '/' or '*'")
+    return globs
+
+
+def _check_prefix(prefix: str) -> None:
+    if not all(c.isalnum() or c in "._-" for c in prefix):
+        raise ConfigError(STATSD_PREFIX, prefix, "may contain only letters, digits, '.', '_' and '-'")
+
+
+def _is_token(name: str) -> bool:
+    return all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)

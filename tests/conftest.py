@@ -1,0 +1,195 @@
+"""Shared fixtures: a clean environment, real SQLite/PostgreSQL/Redis, the provider fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cost_middleware import config
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+LOCAL_FIXTURES = ROOT / "tests" / "fixtures"
+PG_ADMIN_URL = os.environ.get("COST_MIDDLEWARE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def service_missing(what: str) -> None:
+    """Under CI a missing service is a failure, never a skip."""
+    if IN_CI:
+        pytest.fail(f"{what} is not available under CI")
+    pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*config.ALL_VARIABLES, config.STANDARD_STATSD_HOST):
+        monkeypatch.delenv(name, raising=False)
+
+
+def load_expected() -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    for folder in (SHARED_FIXTURES, LOCAL_FIXTURES):
+        path = folder / "EXPECTED.json"
+        if path.exists():
+            for entry in json.loads(path.read_text()):
+                entry["_dir"] = str(folder)
+                entries.append(entry)
+    return entries
+
+
+def fixture_bytes(entry: dict[str, Any]) -> bytes:
+    """The response body a fixture describes (``chunks_b64`` files list raw network reads)."""
+    data = (Path(entry["_dir"]) / entry["file"]).read_bytes()
+    if entry.get("transport") == "chunks_b64":
+        import base64
+
+        return b"".join(base64.b64decode(c) for c in _chunk_list(json.loads(data)))
+    return data
+
+
+def fixture_chunks(entry: dict[str, Any]) -> list[bytes] | None:
+    """The recorded network reads of a ``chunks_b64`` fixture, else None."""
+    if entry.get("transport") != "chunks_b64":
+        return None
+    import base64
+
+    data = json.loads((Path(entry["_dir"]) / entry["file"]).read_bytes())
+    return [base64.b64decode(c) for c in _chunk_list(data)]
+
+
+def _chunk_list(data: Any) -> list[str]:
+    if isinstance(data, dict):
+        for key in ("chunks_b64", "chunks", "reads"):
+            if key in data:
+                return list(data[key])
+    return list(data)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cost.db'}"
+
+
+def _pg_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    if not _pg_available():
+        service_missing("PostgreSQL on 127.0.0.1:5432")
+    import sqlalchemy as sa
+
+    name = f"cm_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """The session database with our tables emptied before each test."""
+    import sqlalchemy as sa
+
+    from cost_middleware.schema import metadata
+
+    engine = sa.create_engine(pg_server_url)
+    metadata.drop_all(engine)
+    engine.dispose()
+    yield pg_server_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage test runs against real SQLite and real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cost.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server this test owns, on a free port (can be stopped and restarted)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.dir = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *extra: str) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            service_missing("redis-server")
+        assert exe is not None
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def machine_redis_url() -> str:
+    """The machine's Redis (127.0.0.1:6379), database 0."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            pass
+    except OSError:
+        service_missing("Redis on 127.0.0.1:6379")
+    return "redis://127.0.0.1:6379/0"
