@@ -1,7 +1,60 @@
-"""cost-middleware: prices every AI-provider call flowing through an ASGI or WSGI app."""
+"""cost-middleware: prices every AI-provider call flowing through an ASGI or WSGI app.
 
-from cost_middleware.config import ConfigError, Settings
-from cost_middleware.records import CostRecord
-from cost_middleware.usage.model import Usage
+Public names are imported on first use, so ``import cost_middleware`` stays cheap and a
+process that only needs ``Settings`` never loads SQLAlchemy.
+"""
 
-__all__ = ["ConfigError", "CostRecord", "Settings", "Usage"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cost_middleware.asgi import CostMiddleware
+    from cost_middleware.config import ConfigError, Settings
+    from cost_middleware.context import record_usage
+    from cost_middleware.pricing.book import PriceBook
+    from cost_middleware.pricing.price import Price
+    from cost_middleware.records import CostRecord
+    from cost_middleware.tracker import CostTracker
+    from cost_middleware.usage.model import Usage
+    from cost_middleware.wsgi import WSGICostMiddleware
+
+_WHERE = {
+    "ConfigError": "cost_middleware.config",
+    "CostMiddleware": "cost_middleware.asgi",
+    "CostRecord": "cost_middleware.records",
+    "CostTracker": "cost_middleware.tracker",
+    "Price": "cost_middleware.pricing.price",
+    "PriceBook": "cost_middleware.pricing.book",
+    "Settings": "cost_middleware.config",
+    "Usage": "cost_middleware.usage.model",
+    "WSGICostMiddleware": "cost_middleware.wsgi",
+    "record_usage": "cost_middleware.context",
+}
+
+__all__ = [
+    "ConfigError",
+    "CostMiddleware",
+    "CostRecord",
+    "CostTracker",
+    "Price",
+    "PriceBook",
+    "Settings",
+    "Usage",
+    "WSGICostMiddleware",
+    "record_usage",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cost_middleware' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -113,12 +113,16 @@ class Settings:
         for name, attr in ((CACHE_TTL, "cache_ttl"), (FLUSH_INTERVAL, "flush_interval"),
                            (SHUTDOWN_TIMEOUT, "shutdown_timeout")):
             if (v := env.get(name)) is not None:
-                values[attr] = _float(name, v)
+                values[attr] = _positive(name, v, _float(name, v))
         for name, attr in ((CACHE_SIZE, "cache_size"), (BATCH_SIZE, "batch_size"),
-                           (QUEUE_SIZE, "queue_size"), (STATSD_PORT, "statsd_port"),
-                           (MAX_BODY_BYTES, "max_body_bytes")):
+                           (QUEUE_SIZE, "queue_size"), (MAX_BODY_BYTES, "max_body_bytes")):
             if (v := env.get(name)) is not None:
-                values[attr] = _int(name, v)
+                values[attr] = _positive(name, v, _int(name, v))
+        if (v := env.get(STATSD_PORT)) is not None:
+            port = _int(STATSD_PORT, v)
+            if not 0 < port < 65536:
+                raise ConfigError(STATSD_PORT, v, "must be a port number (1-65535)")
+            values["statsd_port"] = port
         if (v := env.get(STATSD)) is not None:
             values["statsd_enabled"] = _bool(STATSD, v)
         host = env.get(STATSD_HOST) or env.get(STANDARD_STATSD_HOST)
@@ -163,6 +167,13 @@ def _float(name: str, value: str) -> float:
     if result != result or result in (float("inf"), float("-inf")):
         raise ConfigError(name, value, "must be a finite number")
     return result
+
+
+def _positive(name: str, raw: str, value: float) -> Any:
+    """``value`` when above zero; the error quotes the raw environment string."""
+    if not value > 0:
+        raise ConfigError(name, raw, "must be greater than zero")
+    return value
 
 
 def _check_positive(name: str, value: float) -> None:

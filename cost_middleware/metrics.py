@@ -122,6 +122,13 @@ class Metrics:
                 log.warning("cost_middleware: StatsD send failed (%s); will keep trying", exc)
                 self._send_failed = True
 
+    def close(self) -> None:
+        """Send what is left and release the socket."""
+        self.flush()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
     def _get_client(self) -> Any:
         # Created on first flush, from the background thread: resolving the host may block.
         if self._client is None:

@@ -1,0 +1,123 @@
+"""Pure ASGI middleware: forwards every message unchanged and at once, observes a copy."""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+
+from cost_middleware._types import ASGIApp, Message, Receive, Scope, Send
+from cost_middleware.capture import Capture
+from cost_middleware.config import Settings
+from cost_middleware.context import RequestContext, current_request
+from cost_middleware.tracker import CostTracker
+from cost_middleware.usage.base import Target
+
+
+class CostMiddleware:
+    """``app.add_middleware(CostMiddleware)`` or ``CostMiddleware(app)``.
+
+    Handles ``lifespan`` to start the engine and to flush it on shutdown, passing the app's
+    own lifespan through. ``.tracker`` is the engine.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.tracker = CostTracker(self.settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" and self.settings.enabled:
+            started = perf_counter()
+            tracker = self.tracker
+            context = RequestContext(tracker, scope["method"], scope["path"], scope["headers"],
+                                     started)
+            token = current_request.set(context)
+            try:
+                target = tracker.detector.match(scope["method"], scope["path"])
+                if target is None:
+                    await self.app(scope, receive, send)
+                else:
+                    await self._inspect(scope, receive, send, context, target)
+            finally:
+                current_request.reset(token)
+        elif kind == "lifespan" and self.settings.enabled:
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _inspect(
+        self, scope: Scope, receive: Receive, send: Send, context: RequestContext, target: Target
+    ) -> None:
+        tracker = context.tracker
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        raw = scope.get("raw_path")
+        capture = tracker.capture(
+            context, target, scope["path"], scope.get("query_string", b"").decode("latin-1"),
+            raw.decode("latin-1") if isinstance(raw, bytes) else None, headers,
+        )
+        if capture is None:
+            await self.app(scope, receive, send)
+            return
+        if capture.needs_request_body:
+            receive = _tee_request(receive, capture)
+        complete = False
+
+        async def send_observed(message: Message) -> None:
+            nonlocal complete
+            await send(message)
+            kind = message["type"]
+            if kind == "http.response.body":
+                capture.response_body(message.get("body", b""))
+                if not message.get("more_body", False):
+                    complete = True
+                    capture.finish(True, _route(scope))
+            elif kind == "http.response.start":
+                capture.response_start(
+                    message["status"],
+                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]],
+                )
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            if not complete:
+                # The app raised, the client went away, or the body never ended.
+                capture.finish(False, _route(scope))
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_observed() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.tracker.closed:
+                    # A closed engine is never reused: a new lifespan gets a new one.
+                    self.tracker = CostTracker(self.settings)
+                self.tracker.start()
+            return message
+
+        async def send_observed(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                # Flushing waits on the database: keep it off the event loop.
+                await asyncio.get_running_loop().run_in_executor(None, self.tracker.close)
+            await send(message)
+
+        await self.app(scope, receive_observed, send_observed)
+
+
+def _tee_request(receive: Receive, capture: Capture) -> Receive:
+    async def receive_observed() -> Message:
+        message = await receive()
+        if message["type"] == "http.request":
+            capture.request_body(message.get("body", b""))
+        return message
+
+    return receive_observed
+
+
+def _route(scope: Scope) -> str | None:
+    """The route template the framework matched (Starlette/FastAPI set ``scope['route']``)."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return scope.get("root_path", "") + path if scope.get("root_path") else path
+    return None

@@ -1,0 +1,187 @@
+"""The framework-free tee both adapters drive: one :class:`Capture` per inspected exchange.
+
+Adapters forward every message first and hand a copy here. Everything in this module runs
+under the guard: a failure costs a counted skip, never an exception into the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from cost_middleware.context import MAX_ROUTE, RequestContext
+from cost_middleware.decompress import make_decompressor
+from cost_middleware.records import CostRecord
+from cost_middleware.usage.base import Exchange, Reader, Target
+
+if TYPE_CHECKING:
+    from cost_middleware.decompress import Decompressor
+
+#: Request bodies are only read for targets that need them (Cohere's model, stream flags).
+MAX_REQUEST_BODY = 1 << 20
+#: Content types of streamed bodies: their decoders bound memory per event, so the
+#: whole-body cap does not apply to them.
+_STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/vnd.amazon.eventstream")
+
+
+class Capture:
+    """Observes one request/response pair and turns it into a :class:`CostRecord`."""
+
+    __slots__ = (
+        "_body_bytes", "_context", "_cpu", "_decompressor", "_done", "_exchange_parts",
+        "_extract", "_max_body", "_reader", "_request_body", "_streamed_type", "_target",
+        "_tracker", "status",
+    )
+
+    def __init__(
+        self,
+        context: RequestContext,
+        target: Target,
+        path: str,
+        query: str,
+        raw_path: str | None,
+        request_headers: Mapping[str, str],
+    ) -> None:
+        tracker = context.tracker
+        self._tracker = tracker
+        self._context = context
+        self._target = target
+        self._exchange_parts = (context.method, path, query, request_headers, raw_path)
+        self._request_body: bytearray | None = (
+            bytearray() if target.needs_request_body else None
+        )
+        self._reader: Reader | None = None
+        self._decompressor: Decompressor | None = None
+        self._max_body = tracker.settings.max_body_bytes
+        self._body_bytes = 0
+        self._streamed_type = False
+        self._done = False
+        self.status = 0
+        self._cpu = perf_counter() - context.started
+        self._extract = 0.0
+
+    @property
+    def needs_request_body(self) -> bool:
+        return self._request_body is not None
+
+    def request_body(self, chunk: bytes) -> None:
+        t0 = perf_counter()
+        body = self._request_body
+        if body is not None and chunk:
+            if len(body) + len(chunk) > MAX_REQUEST_BODY:
+                # Too large to be a provider request we need to read: drop what we held.
+                self._request_body = None
+                self._tracker.guard.skip("request_too_large")
+            else:
+                body += chunk
+        self._cpu += perf_counter() - t0
+
+    def response_start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        t0 = perf_counter()
+        try:
+            self._open(status, headers)
+        except Exception as exc:
+            self._reader = None
+            self._tracker.guard.error("response_start", exc)
+        self._cpu += perf_counter() - t0
+
+    def _open(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        self.status = status
+        if status >= 400:
+            self._tracker.guard.skip("error_status")
+            return
+        response_headers = {k.lower(): v for k, v in headers}
+        encoding = response_headers.get("content-encoding")
+        if encoding and encoding.strip().lower() != "identity":
+            self._decompressor = make_decompressor(encoding)
+            if self._decompressor is None:
+                self._tracker.guard.skip("br_unavailable")
+                return
+        ctype = response_headers.get("content-type", "").lower()
+        self._streamed_type = ctype.startswith(_STREAM_TYPES)
+        method, path, query, request_headers, raw_path = self._exchange_parts
+        body = self._request_body
+        exchange = Exchange(
+            method=method,
+            path=path,
+            query=query,
+            request_headers=request_headers,
+            request_body=bytes(body) if body is not None else None,
+            status=status,
+            response_headers=response_headers,
+            raw_path=raw_path,
+        )
+        self._request_body = None
+        reader = self._target.open(exchange)
+        if reader is None:
+            self._tracker.guard.skip("not_provider_response")
+        self._reader = reader
+
+    def response_body(self, chunk: bytes) -> None:
+        reader = self._reader
+        if reader is None or not chunk:
+            return
+        t0 = perf_counter()
+        try:
+            decompressor = self._decompressor
+            if decompressor is not None:
+                chunk = decompressor.feed(chunk)
+                if decompressor.error is not None:
+                    self._reader = None
+                    self._tracker.guard.skip(decompressor.error)
+                    chunk = b""
+            self._body_bytes += len(chunk)
+            if self._body_bytes > self._max_body and not self._streamed_type:
+                self._reader = None
+                self._tracker.guard.skip("body_too_large")
+            elif chunk:
+                reader.feed(chunk)
+        except Exception as exc:
+            self._reader = None
+            self._tracker.guard.error("response_body", exc)
+        spent = perf_counter() - t0
+        self._extract += spent
+        self._cpu += spent
+
+    def finish(self, complete: bool, route: str | None = None) -> None:
+        """End of the exchange (``complete`` False: cut short). Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        t0 = perf_counter()
+        tracker = self._tracker
+        context = self._context
+        try:
+            reader = self._reader
+            if reader is None:
+                return
+            extraction = reader.finish(complete)
+            self._extract += perf_counter() - t0
+            if extraction is None:
+                tracker.guard.skip(reader.skip_reason or "no_usage_found")
+                return
+            if extraction.usage is None:
+                tracker.metrics.incr("usage.missing")
+            tracker.record(CostRecord(
+                provider=extraction.provider,
+                api=extraction.api,
+                model=extraction.model,
+                usage=extraction.usage,
+                tenant=context.tenant,
+                request_id=context.request_id,
+                method=context.method,
+                route=(route or context.path)[:MAX_ROUTE],
+                status_code=self.status,
+                streamed=extraction.streamed,
+                partial=extraction.partial or not complete,
+                latency_ms=(perf_counter() - context.started) * 1000.0,
+            ))
+        except Exception as exc:
+            tracker.guard.error("finish", exc)
+        finally:
+            end = perf_counter()
+            metrics = tracker.metrics
+            metrics.timing("request.overhead", (self._cpu + end - t0) * 1000.0)
+            if self._reader is not None:
+                metrics.timing("extract.duration", self._extract * 1000.0)

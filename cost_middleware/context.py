@@ -1,0 +1,145 @@
+"""The current request, so app code can attribute usage it found itself (``record_usage``).
+
+Set by both adapters for every HTTP request. Attribution (tenant, request id) is read from the
+headers only when someone asks, so plain requests pay for one context-variable set and reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from cost_middleware.usage.model import Usage
+
+if TYPE_CHECKING:
+    from cost_middleware.records import CostRecord
+    from cost_middleware.tracker import CostTracker
+
+#: Attribution values are untrusted; keep them to the column widths.
+MAX_TENANT = 256
+MAX_REQUEST_ID = 128
+MAX_ROUTE = 512
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+class RequestContext:
+    """Who a provider call made during this request is attributed to."""
+
+    __slots__ = ("_headers", "_request_id", "_tenant", "_tenant_read", "method", "path", "started",
+                 "tracker")
+
+    def __init__(
+        self,
+        tracker: CostTracker,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | list[tuple[bytes, bytes]] | dict[str, Any],
+        started: float,
+    ) -> None:
+        self.tracker = tracker
+        self.method = method
+        self.path = path[:MAX_ROUTE]
+        self.started = started
+        # A lower-cased header mapping, an ASGI header list, or a WSGI environ.
+        self._headers = headers
+        self._tenant: str | None = None
+        self._tenant_read = False
+        self._request_id: str | None = None
+
+    def header(self, name: str) -> str | None:
+        """``name`` is lower-case."""
+        headers = self._headers
+        if isinstance(headers, list):
+            key = name.encode("latin-1")
+            for k, v in headers:
+                if k.lower() == key:
+                    return v.decode("latin-1")
+            return None
+        if "wsgi.version" in headers:
+            value = headers.get("HTTP_" + name.upper().replace("-", "_"))
+            return value if isinstance(value, str) else None
+        return headers.get(name)
+
+    @property
+    def tenant(self) -> str | None:
+        if not self._tenant_read:
+            value = self.header(self.tracker.settings.tenant_header)
+            self._tenant = value[:MAX_TENANT] if value else None
+            self._tenant_read = True
+        return self._tenant
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            value = self.header("x-request-id")
+            self._request_id = value[:MAX_REQUEST_ID] if value else new_request_id()
+        return self._request_id
+
+
+current_request: ContextVar[RequestContext | None] = ContextVar(
+    "cost_middleware_request", default=None
+)
+
+
+def record_usage(
+    usage: Usage | None,
+    *,
+    provider: str,
+    model: str | None,
+    api: str = "app",
+    streamed: bool = False,
+    partial: bool = False,
+    tracker: CostTracker | None = None,
+) -> CostRecord | None:
+    """Record usage that app code found itself (e.g. from an SDK call) for the current request.
+
+    Attributed to the current request's tenant, request id, method and route. Outside a request
+    pass ``tracker``; with neither, the call is counted and logged once, and returns None.
+    Never raises for bad input.
+    """
+    from cost_middleware.records import CostRecord
+
+    context = current_request.get()
+    owner = tracker if tracker is not None else (context.tracker if context else None)
+    if owner is None:
+        _log_no_request()
+        return None
+    try:
+        if usage is not None and not isinstance(usage, Usage):
+            raise TypeError("usage must be a cost_middleware.Usage")
+        record = CostRecord(
+            provider=str(provider)[:64],
+            api=str(api)[:64],
+            model=str(model)[:256] if model is not None else None,
+            usage=usage,
+            tenant=context.tenant if context else None,
+            request_id=context.request_id if context else None,
+            method=context.method if context else None,
+            route=context.path if context else None,
+            streamed=streamed,
+            partial=partial,
+        )
+    except Exception as exc:
+        owner.guard.error("record_usage", exc)
+        return None
+    owner.record(record)
+    return record
+
+
+_warned_no_request = False
+
+
+def _log_no_request() -> None:
+    global _warned_no_request
+    if not _warned_no_request:
+        _warned_no_request = True
+        logging.getLogger("cost_middleware").warning(
+            "cost_middleware: record_usage() called outside a request and without tracker=; "
+            "the usage was not recorded"
+        )

@@ -1,0 +1,194 @@
+"""The engine both adapters drive: detection, the batcher, pricing, storage and metrics.
+
+The request path only builds a :class:`CostRecord` and submits it. The database engine, the
+price book and Redis sync are created lazily in the background worker, so starting a tracker
+touches no network and a cache miss never blocks a request.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from cost_middleware.batcher import Batcher
+from cost_middleware.capture import Capture
+from cost_middleware.config import Settings
+from cost_middleware.context import RequestContext
+from cost_middleware.detect import Detector
+from cost_middleware.guard import Guard
+from cost_middleware.metrics import Metrics
+from cost_middleware.records import CostRecord
+from cost_middleware.spool import Spool
+from cost_middleware.storage import Sink, SQLSink, ensure_schema, make_engine
+from cost_middleware.usage.base import Target
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from cost_middleware.pricing.book import PriceBook
+    from cost_middleware.pricing.sync import PriceSync
+
+log = logging.getLogger("cost_middleware")
+
+_MICRO = Decimal(1_000_000)
+_TOKEN_KINDS = ("input_tokens", "cached_input_tokens", "cache_write_input_tokens",
+                "output_tokens", "reasoning_tokens")
+
+
+class CostTracker:
+    """Owns one pipeline: ``record()`` on the request path, everything else in the background."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        sink: Sink | None = None,
+        price_book: PriceBook | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.metrics = Metrics(self.settings)
+        self.guard = Guard(self.metrics)
+        self.detector = Detector(self.settings.paths)
+        self.closed = False
+        self._sink = sink
+        self._book = price_book
+        self._engine: Engine | None = None
+        self._sync: PriceSync | None = None
+        self._setup_lock = threading.Lock()
+        self.batcher = Batcher(
+            self._make_sink,
+            self.settings,
+            self.metrics,
+            process=self._price_batch,
+            tick=self.metrics.flush,
+            spool=Spool(self.settings.spool_dir, self.metrics),
+        )
+        _register_atexit(self)
+
+    # -- request path -------------------------------------------------------------------
+
+    def match(self, method: str, path: str) -> Target | None:
+        return self.detector.match(method, path)
+
+    def capture(
+        self,
+        context: RequestContext,
+        target: Target,
+        path: str,
+        query: str,
+        raw_path: str | None,
+        request_headers: Mapping[str, str],
+    ) -> Capture | None:
+        try:
+            return Capture(context, target, path, query, raw_path, request_headers)
+        except Exception as exc:
+            self.guard.error("capture", exc)
+            return None
+
+    def record(self, record: CostRecord) -> None:
+        """Queue a record for pricing and storage. Never blocks, never raises."""
+        self.batcher.submit(record)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background worker now rather than at the first record."""
+        self.batcher.start()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything recorded so far is written (or spooled)."""
+        return self.batcher.flush(self.settings.shutdown_timeout if timeout is None else timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush within the timeout, spool the rest, release connections. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.batcher.close(timeout)
+        finally:
+            if self._sync is not None:
+                self._sync.stop()
+            self.metrics.close()
+            if self._engine is not None:
+                self._engine.dispose()
+
+    # -- background worker --------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine for records and prices, created (with the tables) on first use."""
+        with self._setup_lock:
+            if self._engine is None:
+                engine = make_engine(self.settings.database_url)
+                ensure_schema(engine)
+                from cost_middleware.pricing.admin import ensure_seeded
+
+                if self.settings.prices_file is None:
+                    ensure_seeded(engine)
+                self._engine = engine
+            return self._engine
+
+    @property
+    def price_book(self) -> PriceBook:
+        if self._book is None:
+            from cost_middleware.pricing.book import PriceBook
+
+            book = PriceBook.from_settings(self.settings, self.engine, self.metrics)
+            if self.settings.redis_url:
+                from cost_middleware.pricing.sync import PriceSync
+
+                self._sync = PriceSync(book, self.settings.redis_url, self.metrics)
+                self._sync.start()
+            self._book = book
+        return self._book
+
+    def _make_sink(self) -> Sink:
+        if self._sink is None:
+            self._sink = SQLSink(self.engine)
+        return self._sink
+
+    def _price_batch(self, records: list[CostRecord]) -> None:
+        self.price_book.price_many(records)
+        self._count_totals(records)
+
+    def _count_totals(self, records: Sequence[CostRecord]) -> None:
+        metrics = self.metrics
+        for r in records:
+            provider = metrics.label("provider", r.provider)
+            model = metrics.label("model", r.model)
+            if r.cost_usd is not None:
+                metrics.incr(f"cost.{provider}.{model}", int(r.cost_usd * _MICRO))
+            usage = r.usage
+            if usage is None:
+                continue
+            for kind in _TOKEN_KINDS:
+                value = getattr(usage, kind)
+                if value:
+                    metrics.incr(f"tokens.{kind.removesuffix('_tokens')}.{provider}.{model}", value)
+
+
+_live: weakref.WeakSet[CostTracker] = weakref.WeakSet()
+_atexit_installed = False
+
+
+def _register_atexit(tracker: CostTracker) -> None:
+    """One atexit hook closes every live tracker (flushing what is queued)."""
+    global _atexit_installed
+    _live.add(tracker)
+    if not _atexit_installed:
+        _atexit_installed = True
+        atexit.register(_close_all)
+
+
+def _close_all() -> None:
+    for tracker in list(_live):
+        try:
+            tracker.close()
+        except Exception:
+            log.exception("cost_middleware: closing at exit failed")
