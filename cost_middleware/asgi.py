@@ -20,10 +20,12 @@ class CostMiddleware:
     own lifespan through. ``.tracker`` is the engine.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings | None = None, *, tracker: CostTracker | None = None
+    ) -> None:
         self.app = app
-        self.settings = settings if settings is not None else Settings.from_env()
-        self.tracker = CostTracker(self.settings)
+        self.tracker = tracker if tracker is not None else CostTracker(settings)
+        self.settings = self.tracker.settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

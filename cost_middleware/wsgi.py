@@ -19,10 +19,12 @@ class WSGICostMiddleware:
     The engine is flushed by :meth:`close` (or ``tracker.close()``), and at interpreter exit.
     """
 
-    def __init__(self, app: WSGIApp, settings: Settings | None = None) -> None:
+    def __init__(
+        self, app: WSGIApp, settings: Settings | None = None, *, tracker: CostTracker | None = None
+    ) -> None:
         self.app = app
-        self.settings = settings if settings is not None else Settings.from_env()
-        self.tracker = CostTracker(self.settings)
+        self.tracker = tracker if tracker is not None else CostTracker(settings)
+        self.settings = self.tracker.settings
 
     def close(self) -> None:
         self.tracker.close()

@@ -193,3 +193,26 @@ def machine_redis_url() -> str:
     except OSError:
         service_missing("Redis on 127.0.0.1:6379")
     return "redis://127.0.0.1:6379/0"
+
+
+def expected_usage(entry: dict[str, Any]) -> Any:
+    """The fixture's expected usage as a ``Usage`` (None when it carries none)."""
+    from decimal import Decimal
+
+    from cost_middleware.usage.model import Usage
+
+    raw = entry.get("usage")
+    if raw is None:
+        return None
+    values = {k: v for k, v in raw.items() if k != "total_tokens"}
+    if values.get("reported_cost_usd") is not None:
+        values["reported_cost_usd"] = Decimal(str(values["reported_cost_usd"]))
+    return Usage(**values)
+
+
+def split_path(entry: dict[str, Any]) -> tuple[str, bytes]:
+    """(path, query) of a fixture's request; the path percent-decoded as servers do."""
+    from urllib.parse import unquote
+
+    path, _, query = entry["path"].partition("?")
+    return unquote(path), query.encode()

@@ -1,0 +1,248 @@
+"""The WSGI adapter: the iterable is wrapped, not buffered; close() is called; records exact."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import expected_usage, fixture_bytes, load_expected, split_path
+from flask import Flask, Response, request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cost_middleware import CostRecord, Settings, WSGICostMiddleware
+from cost_middleware.schema import cost_records
+
+ENTRIES = load_expected()
+OK_ENTRIES = [e for e in ENTRIES if e["status"] < 400]
+
+
+def quiet(tmp: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"statsd_enabled": False,
+                              "database_url": f"sqlite:///{tmp / 'cost.db'}",
+                              "spool_dir": str(tmp / "spool")}
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ReplayIterable:
+    """A WSGI response iterable with ``close()``, as servers expect from apps."""
+
+    def __init__(self, chunks: list[bytes], fail_after: int | None = None) -> None:
+        self.chunks = chunks
+        self.fail_after = fail_after
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i, chunk in enumerate(self.chunks):
+            if self.fail_after is not None and i == self.fail_after:
+                raise RuntimeError("upstream died")
+            yield chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def replay_app(chunks: list[bytes], status: str, ctype: str,
+               extra: dict[str, str] | None = None, fail_after: int | None = None) -> Any:
+    iterables: list[ReplayIterable] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        environ["wsgi.input"].read()
+        start_response(status, [("Content-Type", ctype), *(extra or {}).items()])
+        iterable = ReplayIterable(chunks, fail_after)
+        iterables.append(iterable)
+        return iterable
+
+    app.iterables = iterables  # type: ignore[attr-defined]
+    return app
+
+
+def environ_for(entry: dict[str, Any], body: bytes = b"{}",
+                headers: dict[str, str] | None = None) -> dict[str, Any]:
+    path, query = split_path(entry)
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": query.decode(),
+        "SCRIPT_NAME": "", "SERVER_NAME": "t", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body), "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(), "wsgi.multithread": False, "wsgi.multiprocess": False,
+        "wsgi.run_once": False, "RAW_URI": entry["path"],
+    }
+    for name, value in (headers or {"x-tenant-id": "acme"}).items():
+        env["HTTP_" + name.upper().replace("-", "_")] = value
+    return env
+
+
+def run(mw: WSGICostMiddleware, env: dict[str, Any]) -> tuple[str, bytes, Exception | None]:
+    status: list[str] = []
+
+    def start_response(s: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        status.append(s)
+        return lambda data: None
+
+    out = bytearray()
+    error = None
+    result = mw(env, start_response)
+    try:
+        for chunk in result:
+            out += chunk
+    except Exception as exc:
+        error = exc
+    finally:
+        close = getattr(result, "close", None)
+        if close:
+            close()
+    return status[0] if status else "", bytes(out), error
+
+
+def collecting(app: Any, tmp: Path, **overrides: Any) -> tuple[WSGICostMiddleware,
+                                                               list[CostRecord]]:
+    mw = WSGICostMiddleware(app, quiet(tmp, **overrides))
+    records: list[CostRecord] = []
+    mw.tracker.record = records.append  # type: ignore[method-assign]
+    return mw, records
+
+
+def body_for(entry: dict[str, Any]) -> bytes:
+    import orjson
+
+    if entry.get("request_body") is not None:
+        return orjson.dumps(entry["request_body"])
+    return orjson.dumps({"model": entry.get("request_model") or entry.get("model") or "m",
+                         **(entry.get("request_options") or {})})
+
+
+def headers_for(entry: dict[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in (entry.get("response_headers") or {}).items()
+            if k.lower() != "content-type"}
+
+
+@pytest.mark.parametrize("entry", OK_ENTRIES, ids=[e["file"] for e in OK_ENTRIES])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_every_fixture_under_random_chunking(entry: dict[str, Any], seed: int,
+                                             tmp_path: Path) -> None:
+    data = fixture_bytes(entry)
+    rnd = random.Random(seed)
+    chunks, i = [], 0
+    while i < len(data):
+        n = rnd.randint(1, 300)
+        chunks.append(data[i:i + n])
+        i += n
+    app = replay_app(chunks, f"{entry['status']} OK", entry["content_type"], headers_for(entry))
+    mw, records = collecting(app, tmp_path)
+    status, body, error = run(mw, environ_for(entry, body_for(entry)))
+    assert error is None and body == data
+    assert app.iterables[0].closed
+    assert len(records) == 1
+    r = records[0]
+    assert (r.provider, r.api, r.model) == (entry["provider"], entry["api"], entry["model"])
+    assert r.usage == expected_usage(entry)
+    assert r.partial == bool(entry.get("partial"))
+    assert r.tenant == "acme"
+
+
+def test_chunks_are_yielded_before_they_are_inspected(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat_stream.sse")
+    data = fixture_bytes(entry)
+    app = replay_app([data[:100], data[100:]], "200 OK", "text/event-stream")
+    mw, records = collecting(app, tmp_path)
+    result = mw(environ_for(entry), lambda s, h, e=None: (lambda d: None))
+    iterator = iter(result)
+    assert next(iterator) == data[:100]
+    assert records == []
+    assert b"".join(iterator) == data[100:]
+    assert records and records[0].usage == expected_usage(entry)
+
+
+def test_app_exception_mid_stream_is_reraised_and_recorded_partial(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "anthropic_messages_stream.sse")
+    data = fixture_bytes(entry)
+    chunks = [data[i:i + 150] for i in range(0, len(data), 150)]
+    app = replay_app(chunks, "200 OK", "text/event-stream", fail_after=len(chunks) // 2)
+    mw, records = collecting(app, tmp_path)
+    _, body, error = run(mw, environ_for(entry))
+    assert isinstance(error, RuntimeError)
+    assert body == b"".join(chunks[: len(chunks) // 2])
+    assert app.iterables[0].closed
+    assert records and records[0].partial is True
+
+
+def test_client_going_away_closes_the_iterable_and_records_partial(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "anthropic_messages_stream.sse")
+    data = fixture_bytes(entry)
+    chunks = [data[i:i + 150] for i in range(0, len(data), 150)]
+    app = replay_app(chunks, "200 OK", "text/event-stream")
+    mw, records = collecting(app, tmp_path)
+    result = mw(environ_for(entry), lambda s, h, e=None: (lambda d: None))
+    iterator = iter(result)
+    next(iterator)
+    next(iterator)
+    result.close()  # type: ignore[attr-defined]
+    assert app.iterables[0].closed
+    assert records and records[0].partial is True
+
+
+def test_request_body_reaches_the_app_unchanged(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["provider"] == "cohere")
+    seen: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        seen.append(environ["wsgi.input"].read())
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [fixture_bytes(entry)]
+
+    mw, records = collecting(app, tmp_path)
+    body = body_for(entry)
+    run(mw, environ_for(entry, body))
+    assert seen == [body]
+    assert records[0].model == entry["model"]
+
+
+def test_flask_app_end_to_end_into_sqlite_and_postgresql(db_url: str, tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat_stream.sse")
+    data = fixture_bytes(entry)
+    flask_app = Flask(__name__)
+
+    @flask_app.post("/v1/chat/completions")
+    def chat() -> Response:
+        request.get_data()
+        return Response((data[i:i + 97] for i in range(0, len(data), 97)),
+                        content_type="text/event-stream")
+
+    mw = WSGICostMiddleware(flask_app.wsgi_app, Settings(
+        statsd_enabled=False, database_url=db_url, spool_dir=str(tmp_path / "spool")))
+    flask_app.wsgi_app = mw  # type: ignore[method-assign]
+    client = flask_app.test_client()
+    reply = client.post("/v1/chat/completions", data=body_for(entry),
+                        headers={"x-tenant-id": "acme", "x-request-id": "w1"})
+    assert reply.data == data
+    mw.close()
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(cost_records)).mappings().all()
+    engine.dispose()
+    assert len(rows) == 1
+    usage = expected_usage(entry)
+    assert rows[0]["request_id"] == "w1" and rows[0]["tenant"] == "acme"
+    assert rows[0]["input_tokens"] == usage.input_tokens
+    assert rows[0]["output_tokens"] == usage.output_tokens
+    assert rows[0]["cost_usd"] is not None
+
+
+def test_non_provider_routes_are_returned_as_is(tmp_path: Path) -> None:
+    sentinel = [b"plain"]
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return sentinel
+
+    mw, records = collecting(app, tmp_path)
+    assert mw(environ_for({"path": "/health"}), lambda s, h, e=None: None) is sentinel
+    assert records == []
