@@ -29,9 +29,9 @@ class Capture:
     """Observes one request/response pair and turns it into a :class:`CostRecord`."""
 
     __slots__ = (
-        "_body_bytes", "_context", "_cpu", "_decompressor", "_done", "_exchange_parts",
-        "_extract", "_max_body", "_reader", "_request_body", "_streamed_type", "_target",
-        "_tracker", "status",
+        "_body_bytes", "_client_call", "_context", "_cpu", "_decompressor", "_done",
+        "_exchange_parts", "_extract", "_max_body", "_reader", "_request_body",
+        "_streamed_type", "_target", "_tracker", "status",
     )
 
     def __init__(
@@ -42,8 +42,12 @@ class Capture:
         query: str,
         raw_path: str | None,
         request_headers: Mapping[str, str],
+        *,
+        client_call: bool = False,
     ) -> None:
         tracker = context.tracker
+        #: Seen by an outgoing httpx client rather than on the app's response.
+        self._client_call = client_call
         self._tracker = tracker
         self._context = context
         self._target = target
@@ -161,8 +165,16 @@ class Capture:
             if extraction is None:
                 tracker.guard.skip(reader.skip_reason or "no_usage_found")
                 return
-            if extraction.usage is None:
+            usage = extraction.usage
+            if usage is None:
                 tracker.metrics.incr("usage.missing")
+            elif self._client_call:
+                if context.client_calls is None:
+                    context.client_calls = set()
+                context.client_calls.add((extraction.model, usage))
+            elif context.client_calls and (extraction.model, usage) in context.client_calls:
+                tracker.guard.skip("seen_by_client")
+                return
             tracker.record(CostRecord(
                 provider=extraction.provider,
                 api=extraction.api,

@@ -31,8 +31,8 @@ def new_request_id() -> str:
 class RequestContext:
     """Who a provider call made during this request is attributed to."""
 
-    __slots__ = ("_headers", "_request_id", "_tenant", "_tenant_read", "method", "path", "started",
-                 "tracker")
+    __slots__ = ("_headers", "_request_id", "_tenant", "_tenant_read", "client_calls", "method",
+                 "path", "started", "tracker")
 
     def __init__(
         self,
@@ -51,6 +51,9 @@ class RequestContext:
         self._tenant: str | None = None
         self._tenant_read = False
         self._request_id: str | None = None
+        #: (model, usage) of provider calls the httpx transport recorded during this request,
+        #: so the same call forwarded as the response is not recorded twice.
+        self.client_calls: set[tuple[str | None, Usage]] | None = None
 
     def header(self, name: str) -> str | None:
         """``name`` is lower-case."""

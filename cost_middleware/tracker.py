@@ -57,6 +57,7 @@ class CostTracker:
         self.closed = False
         self._sink = sink
         self._book = price_book
+        self._owns_book = price_book is None
         self._engine: Engine | None = None
         self._sync: PriceSync | None = None
         self._setup_lock = threading.Lock()
@@ -83,9 +84,12 @@ class CostTracker:
         query: str,
         raw_path: str | None,
         request_headers: Mapping[str, str],
+        *,
+        client_call: bool = False,
     ) -> Capture | None:
         try:
-            return Capture(context, target, path, query, raw_path, request_headers)
+            return Capture(context, target, path, query, raw_path, request_headers,
+                           client_call=client_call)
         except Exception as exc:
             self.guard.error("capture", exc)
             return None
@@ -114,6 +118,8 @@ class CostTracker:
         finally:
             if self._sync is not None:
                 self._sync.stop()
+            if self._book is not None and self._owns_book:
+                self._book.close()
             self.metrics.close()
             if self._engine is not None:
                 self._engine.dispose()

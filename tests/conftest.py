@@ -216,3 +216,19 @@ def split_path(entry: dict[str, Any]) -> tuple[str, bytes]:
 
     path, _, query = entry["path"].partition("?")
     return unquote(path), query.encode()
+
+
+def assert_usage(actual: Any, entry: dict[str, Any]) -> None:
+    """Every key the fixture's expected usage lists matches exactly (extras may be absent)."""
+    from decimal import Decimal
+
+    expected = entry.get("usage")
+    if expected is None:
+        assert actual is None, entry["file"]
+        return
+    assert actual is not None, entry["file"]
+    for key, value in expected.items():
+        got = getattr(actual, key)
+        if key == "reported_cost_usd" and value is not None:
+            value = Decimal(str(value))
+        assert got == value, f"{entry['file']}: {key} = {got!r}, expected {value!r}"

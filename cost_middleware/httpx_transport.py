@@ -1,0 +1,149 @@
+"""Capture provider calls made with httpx (the openai and anthropic SDKs use it).
+
+Wrap the client's transport and every provider response it receives is read as it streams to
+the SDK, and recorded against the current request (tenant, request id, route), even when the
+app answers with a shape of its own::
+
+    client = openai.AsyncOpenAI(http_client=httpx.AsyncClient(transport=AsyncCostTransport()))
+
+Outside a request, pass ``tracker=`` (e.g. ``middleware.tracker``) to record unattributed calls.
+A gateway that forwards a provider's response unchanged needs no transport: the middleware
+reads the response on its way out; when both see the same call it is recorded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from time import perf_counter
+
+import httpx
+
+from cost_middleware.capture import Capture
+from cost_middleware.context import RequestContext, current_request
+from cost_middleware.tracker import CostTracker
+
+
+def _open(request: httpx.Request, tracker: CostTracker | None) -> Capture | None:
+    """A capture for this outgoing request, or None when it is not a provider call we read."""
+    context = current_request.get()
+    owner = context.tracker if context is not None else tracker
+    if owner is None or owner.closed or not owner.settings.enabled:
+        return None
+    path = request.url.path
+    target = owner.detector.match(request.method, path)
+    if target is None:
+        return None
+    if context is None:
+        context = RequestContext(owner, request.method, path, {}, perf_counter())
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    capture = owner.capture(context, target, path, request.url.query.decode("latin-1"),
+                            request.url.raw_path.decode("latin-1").split("?", 1)[0], headers,
+                            client_call=True)
+    if capture is not None and capture.needs_request_body:
+        try:
+            capture.request_body(request.content)
+        except httpx.RequestNotRead:
+            pass  # a streamed upload: the model comes from the response or not at all
+    return capture
+
+
+def _start(capture: Capture, response: httpx.Response) -> None:
+    capture.response_start(response.status_code, response.headers.multi_items())
+
+
+class CostTransport(httpx.BaseTransport):
+    """A sync httpx transport that records the provider calls passing through it."""
+
+    def __init__(self, transport: httpx.BaseTransport | None = None, *,
+                 tracker: CostTracker | None = None) -> None:
+        self._inner = transport if transport is not None else httpx.HTTPTransport()
+        self._tracker = tracker
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        capture = _open(request, self._tracker)
+        try:
+            response = self._inner.handle_request(request)
+        except BaseException:
+            if capture is not None:
+                capture.finish(False)
+            raise
+        if capture is None:
+            return response
+        _start(capture, response)
+        response.stream = _ObservedStream(response.stream, capture)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class AsyncCostTransport(httpx.AsyncBaseTransport):
+    """The asyncio flavour of :class:`CostTransport`."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, *,
+                 tracker: CostTracker | None = None) -> None:
+        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._tracker = tracker
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        capture = _open(request, self._tracker)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            if capture is not None:
+                capture.finish(False)
+            raise
+        if capture is None:
+            return response
+        _start(capture, response)
+        response.stream = _AsyncObservedStream(response.stream, capture)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _ObservedStream(httpx.SyncByteStream):
+    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream,
+                 capture: Capture) -> None:
+        self._stream = stream
+        self._capture = capture
+        self._complete = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        if not isinstance(self._stream, httpx.SyncByteStream):
+            raise TypeError("a sync transport returned an async response stream")
+        for chunk in self._stream:
+            yield chunk
+            self._capture.response_body(chunk)
+        self._complete = True
+
+    def close(self) -> None:
+        try:
+            if isinstance(self._stream, httpx.SyncByteStream):
+                self._stream.close()
+        finally:
+            self._capture.finish(self._complete)
+
+
+class _AsyncObservedStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream,
+                 capture: Capture) -> None:
+        self._stream = stream
+        self._capture = capture
+        self._complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if not isinstance(self._stream, httpx.AsyncByteStream):
+            raise TypeError("an async transport returned a sync response stream")
+        async for chunk in self._stream:
+            yield chunk
+            self._capture.response_body(chunk)
+        self._complete = True
+
+    async def aclose(self) -> None:
+        try:
+            if isinstance(self._stream, httpx.AsyncByteStream):
+                await self._stream.aclose()
+        finally:
+            self._capture.finish(self._complete)
