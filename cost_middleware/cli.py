@@ -29,7 +29,8 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    console = Console()
+    # Piped output (reports into files, CI logs) gets room for full model names.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     try:
         settings = Settings.from_env()
         result: int = args.run(args, settings, console)

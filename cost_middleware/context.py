@@ -7,15 +7,14 @@ headers only when someone asks, so plain requests pay for one context-variable s
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from cost_middleware.records import CostRecord, new_record_id
 from cost_middleware.usage.model import Usage
 
 if TYPE_CHECKING:
-    from cost_middleware.records import CostRecord
     from cost_middleware.tracker import CostTracker
 
 #: Attribution values are untrusted; keep them to the column widths.
@@ -25,7 +24,7 @@ MAX_ROUTE = 512
 
 
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    return new_record_id()
 
 
 class RequestContext:
@@ -106,8 +105,6 @@ def record_usage(
     pass ``tracker``; with neither, the call is counted and logged once, and returns None.
     Never raises for bad input.
     """
-    from cost_middleware.records import CostRecord
-
     context = current_request.get()
     owner = tracker if tracker is not None else (context.tracker if context else None)
     if owner is None:
