@@ -167,14 +167,19 @@ class Capture:
                 return
             usage = extraction.usage
             if usage is None:
+                if reader.skip_reason:
+                    tracker.guard.skip(reader.skip_reason)
                 tracker.metrics.incr("usage.missing")
-            elif self._client_call:
-                if context.client_calls is None:
-                    context.client_calls = set()
-                context.client_calls.add((extraction.model, usage))
-            elif context.client_calls and (extraction.model, usage) in context.client_calls:
-                tracker.guard.skip("seen_by_client")
-                return
+            else:
+                key = (extraction.model, usage.input_tokens, usage.output_tokens,
+                       usage.cached_input_tokens, usage.cache_write_input_tokens)
+                if self._client_call:
+                    if context.client_calls is None:
+                        context.client_calls = set()
+                    context.client_calls.add(key)
+                elif context.client_calls and key in context.client_calls:
+                    tracker.guard.skip("seen_by_client")
+                    return
             tracker.record(CostRecord(
                 provider=extraction.provider,
                 api=extraction.api,

@@ -50,9 +50,9 @@ class RequestContext:
         self._tenant: str | None = None
         self._tenant_read = False
         self._request_id: str | None = None
-        #: (model, usage) of provider calls the httpx transport recorded during this request,
-        #: so the same call forwarded as the response is not recorded twice.
-        self.client_calls: set[tuple[str | None, Usage]] | None = None
+        #: Keys of provider calls the httpx transport recorded during this request, so the
+        #: same call forwarded as the response is not recorded twice.
+        self.client_calls: set[tuple[str | None, int, int, int, int]] | None = None
 
     def header(self, name: str) -> str | None:
         """``name`` is lower-case."""

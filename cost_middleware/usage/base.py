@@ -9,7 +9,7 @@ from typing import Protocol
 from cost_middleware.usage.model import Extraction
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Exchange:
     """The parts of one HTTP exchange an extractor may need. All of it is untrusted."""
 

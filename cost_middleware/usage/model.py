@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass pays object.__setattr__ per field at construction, several
+# microseconds on the request path. Treat instances as immutable all the same.
+@dataclass(slots=True)
 class Usage:
     """Token counts of one provider call.
 
@@ -49,7 +51,7 @@ class Usage:
         return self.input_tokens - self.cached_input_tokens - self.cache_write_input_tokens
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Extraction:
     """What reading one provider response produced."""
 

@@ -1,0 +1,319 @@
+"""The generic half of reading a response: framing by content type, then a provider family.
+
+An :class:`Endpoint` is the :class:`~cost_middleware.usage.base.Target` the detector returns.
+Its ``open`` builds a :class:`Call` (what the request line and headers told us) and picks a
+reader: a whole JSON body goes to the family's ``body`` function, a stream's events go to the
+family's :class:`Stream`. Families only see parsed shapes; framing, partial streams and skip
+reasons are handled here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+
+from cost_middleware.decoders import (
+    BodyBuffer,
+    Event,
+    EventStreamDecoder,
+    JSONArrayDecoder,
+    NDJSONDecoder,
+    SSEDecoder,
+)
+from cost_middleware.usage.base import Exchange, Reader
+from cost_middleware.usage.fields import InvalidUsage, label, loads
+from cost_middleware.usage.model import Extraction, Usage
+
+NOT_PROVIDER_SHAPE = "not_provider_shape"
+INVALID_USAGE = "invalid_usage"
+INVALID_JSON = "invalid_json"
+TRUNCATED_BODY = "truncated_body"
+
+#: A backstop only: the capture layer enforces the configured body limit before this.
+MAX_BODY_BYTES = 64 << 20
+
+_JSON_TYPES = frozenset({"", "application/json", "text/json", "text/plain"})
+_NDJSON_TYPES = frozenset({
+    "application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines",
+})
+_SSE = "text/event-stream"
+_EVENTSTREAM = "application/vnd.amazon.eventstream"
+
+
+class Call:
+    """What one exchange told us before its body, and what reading it decided."""
+
+    __slots__ = (
+        "api", "deployment", "exchange", "fallback_model", "model", "partial", "provider",
+        "skip_reason", "streamed",
+    )
+
+    def __init__(self, provider: str, api: str, exchange: Exchange) -> None:
+        self.provider = provider
+        self.api = api
+        self.exchange = exchange
+        #: A model that wins over the body's (Bedrock path, Vertex Claude URL, Cohere request).
+        self.model: str | None = None
+        #: A model used only when the body names none (Gemini URL).
+        self.fallback_model: str | None = None
+        self.deployment: str | None = None
+        self.streamed = False
+        self.partial = False
+        self.skip_reason: str | None = None
+
+    def usage(self, build: Callable[..., Usage | None], *source: Any) -> Usage | None:
+        """``build(*source)``; invalid counts give None and the ``invalid_usage`` skip."""
+        try:
+            return build(*source)
+        except InvalidUsage:
+            self.skip_reason = INVALID_USAGE
+            return None
+
+    def extraction(
+        self,
+        model: str | None,
+        usage: Usage | None,
+        *,
+        provider: str | None = None,
+        upstream: str | None = None,
+        tier: str | None = None,
+    ) -> Extraction:
+        return Extraction(
+            provider=provider or self.provider,
+            api=self.api,
+            model=self.model or model or self.fallback_model,
+            usage=usage,
+            streamed=self.streamed,
+            partial=self.partial,
+            deployment=self.deployment,
+            upstream_provider=upstream,
+            service_tier=tier,
+        )
+
+
+class Stream:
+    """The state of one streamed response. A family subclasses it.
+
+    ``events`` gets the events of each network read and must stay cheap: event names or a
+    few bytes decide, and JSON is parsed only for the few events that carry what we need.
+    ``settle`` and ``result`` run once, at the end.
+    """
+
+    __slots__ = ("call", "failed", "terminal")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        #: The provider's normal last event was seen.
+        self.terminal = False
+        #: The provider reported an error inside the stream.
+        self.failed = False
+
+    def events(self, events: list[Event]) -> None:
+        """The events framed from one read."""
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        """End of input: set ``terminal``/``failed`` if ``events`` left that for the end."""
+
+    def result(self) -> Extraction | None:
+        """The extraction, or None when nothing in the stream had the provider's shape."""
+        raise NotImplementedError
+
+
+class EventStream(Stream):
+    """A stream whose events are handled one at a time (named events, mostly)."""
+
+    __slots__ = ()
+
+    def events(self, events: list[Event]) -> None:
+        for name, data in events:
+            self.event(name, data)
+
+    def event(self, name: str | None, data: bytes) -> None:
+        raise NotImplementedError
+
+
+BodyParser = Callable[[Any, bytes, Call], "Extraction | None"]
+StreamFactory = Callable[[Call], Stream]
+Locator = Callable[[Call], None]
+
+
+class Finished:
+    """A reader whose result was known from the status line (error responses)."""
+
+    __slots__ = ("_result", "skip_reason")
+
+    def __init__(self, result: Extraction) -> None:
+        self.skip_reason: str | None = None
+        self._result = result
+
+    def feed(self, chunk: bytes) -> None:
+        """Error bodies carry no usage: nothing to read."""
+
+    def finish(self, complete: bool) -> Extraction | None:
+        return self._result
+
+
+class BodyReader:
+    """A whole JSON body, parsed once at the end."""
+
+    __slots__ = ("_buffer", "_call", "_parse", "skip_reason")
+
+    def __init__(self, parse: BodyParser, call: Call) -> None:
+        self.skip_reason: str | None = None
+        self._parse = parse
+        self._call = call
+        self._buffer = BodyBuffer(MAX_BODY_BYTES)
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer.feed(chunk)
+
+    def finish(self, complete: bool) -> Extraction | None:
+        raw = self._buffer.close()
+        if raw is None:
+            self.skip_reason = self._buffer.error
+            return None
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.skip_reason = INVALID_JSON if complete else TRUNCATED_BODY
+            return None
+        call = self._call
+        call.partial = not complete
+        result = self._parse(obj, raw, call)
+        self.skip_reason = call.skip_reason if result is not None else NOT_PROVIDER_SHAPE
+        return result
+
+
+class FrameDecoder(Protocol):
+    """What a stream reader needs of a decoder (every stream class in ``decoders``)."""
+
+    error: str | None
+
+    def feed(self, chunk: bytes) -> list[Event]: ...
+
+    def close(self) -> list[Event]: ...
+
+
+class StreamReader:
+    """A framed stream: every event goes to the family's :class:`Stream`."""
+
+    __slots__ = ("_decoder", "_stream", "skip_reason")
+
+    def __init__(self, decoder: FrameDecoder, stream: Stream) -> None:
+        self.skip_reason: str | None = None
+        self._decoder = decoder
+        self._stream = stream
+        stream.call.streamed = True
+
+    def feed(self, chunk: bytes) -> None:
+        events = self._decoder.feed(chunk)
+        if events:
+            self._stream.events(events)
+
+    def finish(self, complete: bool) -> Extraction | None:
+        decoder = self._decoder
+        stream = self._stream
+        events = decoder.close()
+        if events:
+            stream.events(events)
+        stream.settle()
+        call = stream.call
+        call.partial = (
+            not complete or not stream.terminal or stream.failed or decoder.error is not None
+        )
+        result = stream.result()
+        if result is None:
+            self.skip_reason = call.skip_reason or decoder.error or NOT_PROVIDER_SHAPE
+        else:
+            self.skip_reason = call.skip_reason
+        return result
+
+
+def media_type(headers: Any) -> str:
+    """The lower-cased media type of a response, without parameters."""
+    value = headers.get("content-type")
+    if type(value) is not str:
+        return ""
+    return value.partition(";")[0].strip().lower()
+
+
+class Endpoint:
+    """A provider endpoint (the detector's :class:`Target`): one family, one API."""
+
+    __slots__ = ("_array", "_body", "_locate", "_stream", "api", "needs_request_body",
+                 "provider")
+
+    def __init__(
+        self,
+        provider: str,
+        api: str,
+        body: BodyParser,
+        stream: StreamFactory,
+        *,
+        locate: Locator | None = None,
+        needs_request_body: bool = False,
+        json_array: bool = False,
+    ) -> None:
+        self.provider = provider
+        self.api = api
+        self.needs_request_body = needs_request_body
+        self._body = body
+        self._stream = stream
+        self._locate = locate
+        #: A JSON response is a streamed array of chunks (Gemini without ``alt=sse``).
+        self._array = json_array
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.provider!r}, {self.api!r})"
+
+    def open(self, exchange: Exchange) -> Reader | None:
+        call = Call(self.provider, self.api, exchange)
+        if self._locate is not None:
+            self._locate(call)
+        if exchange.status >= 400:
+            # Error bodies have neither usage nor a billed model.
+            call.model = call.fallback_model = None
+            return Finished(call.extraction(None, None))
+        media = media_type(exchange.response_headers)
+        if media == _SSE:
+            return StreamReader(SSEDecoder(), self._stream(call))
+        if media in _JSON_TYPES or media.endswith("+json"):
+            if self._array:
+                return StreamReader(JSONArrayDecoder(), self._stream(call))
+            return BodyReader(self._body, call)
+        if media in _NDJSON_TYPES:
+            return StreamReader(NDJSONDecoder(), self._stream(call))
+        if media == _EVENTSTREAM:
+            return StreamReader(EventStreamDecoder(), self._stream(call))
+        return None
+
+
+def request_model(body: bytes | None) -> str | None:
+    """The ``model`` a JSON request body asked for (Cohere v2, Azure ``/openai/v1``)."""
+    if not body:
+        return None
+    obj = loads(body)
+    if type(obj) is not dict:
+        return None
+    return label(obj.get("model"))
+
+
+def event_type(data: bytes) -> str | None:
+    """The ``type`` of an event whose JSON leads with it (Anthropic, Responses, Cohere).
+
+    Providers write ``type`` first; anything else is parsed, which is slower but right.
+    """
+    if data.startswith(b'{"type":"'):
+        end = data.find(b'"', 9)
+        if end > 9:
+            return data[9:end].decode("ascii", "replace")
+        return None
+    obj = loads(data)
+    if type(obj) is dict:
+        kind = obj.get("type")
+        if type(kind) is str:
+            return kind
+    return None
