@@ -11,7 +11,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from cost_middleware.context import MAX_ROUTE, RequestContext
-from cost_middleware.decompress import make_decompressor
+from cost_middleware.decompress import BROTLI_AVAILABLE, make_decompressor
 from cost_middleware.records import CostRecord
 from cost_middleware.usage.base import Exchange, Reader, Target
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 #: Request bodies are only read for targets that need them (Cohere's model, stream flags).
 MAX_REQUEST_BODY = 1 << 20
+#: Decompressed bytes read from one streamed response before inspection stops.
+STREAM_DECOMPRESS_LIMIT = 1 << 30
 #: Content types of streamed bodies: their decoders bound memory per event, so the
 #: whole-body cap does not apply to them.
 _STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/vnd.amazon.eventstream")
@@ -96,14 +98,16 @@ class Capture:
             self._tracker.guard.skip("error_status")
             return
         response_headers = {k.lower(): v for k, v in headers}
-        encoding = response_headers.get("content-encoding")
-        if encoding and encoding.strip().lower() != "identity":
-            self._decompressor = make_decompressor(encoding)
-            if self._decompressor is None:
-                self._tracker.guard.skip("br_unavailable")
-                return
         ctype = response_headers.get("content-type", "").lower()
         self._streamed_type = ctype.startswith(_STREAM_TYPES)
+        encoding = response_headers.get("content-encoding")
+        if encoding:
+            # A stream's decoder bounds memory per event; a body is capped at the body limit.
+            cap = STREAM_DECOMPRESS_LIMIT if self._streamed_type else self._max_body + 1
+            self._decompressor = make_decompressor(encoding, cap)
+            if self._decompressor is None and not BROTLI_AVAILABLE and "br" in encoding.lower():
+                self._tracker.guard.skip("br_unavailable")
+                return
         method, path, query, request_headers, raw_path = self._exchange_parts
         body = self._request_body
         exchange = Exchange(

@@ -55,7 +55,7 @@ def fixture_bytes(entry: dict[str, Any]) -> bytes:
         import base64
 
         return b"".join(base64.b64decode(c) for c in _chunk_list(json.loads(data)))
-    return data
+    return bytes(data)
 
 
 def fixture_chunks(entry: dict[str, Any]) -> list[bytes] | None:

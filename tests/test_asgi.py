@@ -437,3 +437,37 @@ def test_app_lifespan_still_runs_and_a_closed_tracker_is_replaced(tmp_path: Path
     asyncio.run(cycle())
     assert mw.tracker is not first and mw.tracker.closed
     assert events == ["lifespan.startup", "lifespan.shutdown"] * 2
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+@pytest.mark.parametrize("name", ["openai_chat.json", "anthropic_messages_stream.sse"])
+def test_compressed_responses_are_read_and_sent_compressed(encoding: str, name: str,
+                                                           tmp_path: Path) -> None:
+    import gzip
+    import zlib
+
+    import brotli
+
+    entry = next(e for e in ENTRIES if e["file"] == name)
+    plain = fixture_bytes(entry)
+    packed = {"gzip": gzip.compress, "deflate": zlib.compress,
+              "br": brotli.compress}[encoding](plain)
+    chunks = random_chunks(packed, random.Random(3), 40)
+    headers = [*content_headers(entry), (b"content-encoding", encoding.encode())]
+    mw, records = collecting(ReplayApp(chunks, 200, headers), tmp_path)
+    sent, error = asyncio.run(call(mw, entry))
+    assert error is None and body_of(sent) == packed
+    assert len(records) == 1
+    assert_usage(records[0].usage, entry)
+
+
+def test_unknown_encoding_is_skipped_and_counted(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    headers = [*content_headers(entry), (b"content-encoding", b"zstd")]
+    mw, records = collecting(ReplayApp([b"\x28\xb5\x2f\xfd junk"], 200, headers), tmp_path,
+                             statsd_enabled=True)
+    sent, error = asyncio.run(call(mw, entry))
+    assert error is None and body_of(sent) == b"\x28\xb5\x2f\xfd junk"
+    assert records == []
+    assert mw.tracker.metrics.snapshot()["counters"]["skipped.unsupported_encoding"] == 1
+    mw.tracker.metrics.close()
