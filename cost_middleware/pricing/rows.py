@@ -1,0 +1,67 @@
+"""``model_prices`` rows ↔ :class:`Price` (aliases and tiers are JSON text in the row)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from cost_middleware.pricing.price import Price, PriceError, Tier
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes, which mean UTC here."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def json_list(text: str | None, entry: str, name: str) -> list[Any]:
+    """A JSON list column (``aliases``, ``tiers``)."""
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        raise PriceError(entry, name, "is not valid JSON in model_prices") from None
+    if not isinstance(value, list):
+        raise PriceError(entry, name, "must be a JSON list in model_prices")
+    return value
+
+
+def price_from_row(row: Mapping[Any, Any]) -> Price:
+    entry = f"{row['provider']}/{row['model']}"
+    aliases = json_list(row["aliases"], entry, "aliases")
+    return Price(
+        provider=row["provider"],
+        model=row["model"],
+        input=row["input"],
+        output=row["output"],
+        cached_input=row["cached_input"],
+        cache_write=row["cache_write"],
+        cache_write_1h=row["cache_write_1h"],
+        web_search_per_1k=row["web_search_per_1k"],
+        aliases=tuple(str(a) for a in aliases),
+        tiers=tuple(Tier.from_catalog(t, entry) for t in json_list(row["tiers"], entry, "tiers")),
+        effective_from=as_utc(row["effective_from"]),
+        version=int(row["version"]),
+        source=row["source"],
+    )
+
+
+def price_to_row(price: Price, updated_at: datetime) -> dict[str, Any]:
+    return {
+        "provider": price.provider,
+        "model": price.model,
+        "effective_from": price.effective_from,
+        "input": price.input,
+        "cached_input": price.cached_input,
+        "cache_write": price.cache_write,
+        "cache_write_1h": price.cache_write_1h,
+        "output": price.output,
+        "web_search_per_1k": price.web_search_per_1k,
+        "aliases": json.dumps(list(price.aliases)),
+        "tiers": json.dumps([t.to_catalog() for t in price.tiers]),
+        "source": price.source,
+        "version": price.version,
+        "updated_at": updated_at,
+    }
