@@ -65,7 +65,7 @@ def extractor(path: str, content_type: str, chunks: list[bytes], status: int = 2
         target = DETECTOR.match("POST", decoded)
         if target is None:
             raise SystemExit(f"no endpoint for {path}")
-        exchange = Exchange("POST", decoded, query, {}, request_body if target.needs_request_body
+        exchange = Exchange("POST", decoded, query, request_body if target.needs_request_body
                             else None, status, response_headers, raw_path)
         reader = target.open(exchange)
         if reader is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from time import perf_counter
 
 from cost_middleware._types import ASGIApp, Message, Receive, Scope, Send
@@ -52,11 +53,10 @@ class CostMiddleware:
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext, target: Target
     ) -> None:
         tracker = context.tracker
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         raw = scope.get("raw_path")
         capture = tracker.capture(
             context, target, scope["path"], scope.get("query_string", b"").decode("latin-1"),
-            raw.decode("latin-1") if isinstance(raw, bytes) else None, headers,
+            raw.decode("latin-1") if isinstance(raw, bytes) else None,
         )
         if capture is None:
             await self.app(scope, receive, send)
@@ -75,10 +75,7 @@ class CostMiddleware:
                     complete = True
                     capture.finish(True, _route(scope))
             elif kind == "http.response.start":
-                capture.response_start(
-                    message["status"],
-                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]],
-                )
+                capture.response_start(message["status"], _str_headers(message["headers"]))
 
         try:
             await self.app(scope, receive, send_observed)
@@ -114,6 +111,19 @@ def _tee_request(receive: Receive, capture: Capture) -> Receive:
         return message
 
     return receive_observed
+
+
+class _str_headers:  # noqa: N801 - used like a function
+    """ASGI response headers as ``str`` pairs, decoded only when iterated."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for k, v in self._raw:
+            yield k.decode("latin-1"), v.decode("latin-1")
 
 
 def _route(scope: Scope) -> str | None:

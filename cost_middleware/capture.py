@@ -1,12 +1,14 @@
 """The framework-free tee both adapters drive: one :class:`Capture` per inspected exchange.
 
-Adapters forward every message first and hand a copy here. Everything in this module runs
-under the guard: a failure costs a counted skip, never an exception into the app.
+Adapters forward every message first and hand a copy here. The response start is only noted;
+the reader is opened after the first body chunk has been forwarded, so time to first byte
+does not pay for it. Everything here runs under the guard: a failure costs a counted skip,
+never an exception into the app.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -32,7 +34,7 @@ class Capture:
 
     __slots__ = (
         "_body_bytes", "_client_call", "_context", "_cpu", "_decompressor", "_done",
-        "_exchange_parts", "_extract", "_max_body", "_reader", "_request_body",
+        "_exchange_parts", "_extract", "_max_body", "_reader", "_request_body", "_start",
         "_streamed_type", "_target", "_tracker", "status",
     )
 
@@ -43,7 +45,6 @@ class Capture:
         path: str,
         query: str,
         raw_path: str | None,
-        request_headers: Mapping[str, str],
         *,
         client_call: bool = False,
     ) -> None:
@@ -53,12 +54,13 @@ class Capture:
         self._tracker = tracker
         self._context = context
         self._target = target
-        self._exchange_parts = (context.method, path, query, request_headers, raw_path)
+        self._exchange_parts = (context.method, path, query, raw_path)
         self._request_body: bytearray | None = (
             bytearray() if target.needs_request_body else None
         )
         self._reader: Reader | None = None
         self._decompressor: Decompressor | None = None
+        self._start: tuple[int, Iterable[tuple[str, str]]] | None = None
         self._max_body = tracker.settings.max_body_bytes
         self._body_bytes = 0
         self._streamed_type = False
@@ -84,16 +86,22 @@ class Capture:
         self._cpu += perf_counter() - t0
 
     def response_start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
-        t0 = perf_counter()
+        """Noted only; the reader opens once the first body chunk has gone out."""
+        self.status = status
+        self._start = (status, headers)
+
+    def _open_pending(self) -> None:
+        pending = self._start
+        if pending is None:
+            return
+        self._start = None
         try:
-            self._open(status, headers)
+            self._open(*pending)
         except Exception as exc:
             self._reader = None
             self._tracker.guard.error("response_start", exc)
-        self._cpu += perf_counter() - t0
 
     def _open(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
-        self.status = status
         if status >= 400:
             self._tracker.guard.skip("error_status")
             return
@@ -108,13 +116,12 @@ class Capture:
             if self._decompressor is None and not BROTLI_AVAILABLE and "br" in encoding.lower():
                 self._tracker.guard.skip("br_unavailable")
                 return
-        method, path, query, request_headers, raw_path = self._exchange_parts
+        method, path, query, raw_path = self._exchange_parts
         body = self._request_body
         exchange = Exchange(
             method=method,
             path=path,
             query=query,
-            request_headers=request_headers,
             request_body=bytes(body) if body is not None else None,
             status=status,
             response_headers=response_headers,
@@ -127,10 +134,13 @@ class Capture:
         self._reader = reader
 
     def response_body(self, chunk: bytes) -> None:
+        t0 = perf_counter()
+        if self._start is not None:
+            self._open_pending()
         reader = self._reader
         if reader is None or not chunk:
+            self._cpu += perf_counter() - t0
             return
-        t0 = perf_counter()
         try:
             decompressor = self._decompressor
             if decompressor is not None:
@@ -161,6 +171,8 @@ class Capture:
         tracker = self._tracker
         context = self._context
         try:
+            if self._start is not None:
+                self._open_pending()
             reader = self._reader
             if reader is None:
                 return

@@ -35,9 +35,8 @@ def _open(request: httpx.Request, tracker: CostTracker | None) -> Capture | None
         return None
     if context is None:
         context = RequestContext(owner, request.method, path, {}, perf_counter())
-    headers = {k.lower(): v for k, v in request.headers.items()}
     capture = owner.capture(context, target, path, request.url.query.decode("latin-1"),
-                            request.url.raw_path.decode("latin-1").split("?", 1)[0], headers,
+                            request.url.raw_path.decode("latin-1").split("?", 1)[0],
                             client_call=True)
     if capture is not None and capture.needs_request_body:
         try:

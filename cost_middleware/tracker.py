@@ -11,7 +11,7 @@ import atexit
 import logging
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -83,13 +83,11 @@ class CostTracker:
         path: str,
         query: str,
         raw_path: str | None,
-        request_headers: Mapping[str, str],
         *,
         client_call: bool = False,
     ) -> Capture | None:
         try:
-            return Capture(context, target, path, query, raw_path, request_headers,
-                           client_call=client_call)
+            return Capture(context, target, path, query, raw_path, client_call=client_call)
         except Exception as exc:
             self.guard.error("capture", exc)
             return None

@@ -41,11 +41,10 @@ class WSGICostMiddleware:
         target = tracker.detector.match(method, path)
         capture = None
         if target is not None:
-            headers = _request_headers(environ)
             raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
             capture = tracker.capture(
                 context, target, path, environ.get("QUERY_STRING", ""),
-                raw.split("?", 1)[0] if isinstance(raw, str) else None, headers,
+                raw.split("?", 1)[0] if isinstance(raw, str) else None,
             )
         token = current_request.set(context)
         try:
@@ -107,18 +106,6 @@ def _observe_body(
                 close()
         finally:
             capture.finish(complete)
-
-
-def _request_headers(environ: WSGIEnviron) -> dict[str, str]:
-    headers = {
-        key[5:].replace("_", "-").lower(): value
-        for key, value in environ.items()
-        if key.startswith("HTTP_") and isinstance(value, str)
-    }
-    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        if environ.get(key):
-            headers[key.replace("_", "-").lower()] = environ[key]
-    return headers
 
 
 class _TeeInput:

@@ -69,7 +69,7 @@ def test_an_openai_proxy_prefix_is_read_like_openai() -> None:
     target = DETECTOR.match("POST", "/proxy/openai/v1/chat/completions")
     assert target is not None and target.api == "chat_completions"
     body = fixture_bytes(next(e for e in load_expected() if e["file"] == "openai_chat.json"))
-    reader = target.open(Exchange("POST", "/proxy/openai/v1/chat/completions", "", {}, None, 200,
+    reader = target.open(Exchange("POST", "/proxy/openai/v1/chat/completions", "", None, 200,
                                   {"content-type": "application/json"}))
     assert reader is not None
     reader.feed(body)
@@ -146,7 +146,7 @@ def test_custom_paths_are_read_by_shape(entry: dict[str, Any]) -> None:
     target = Detector(("/app/llm",)).match("POST", "/app/llm")
     assert target is not None
     body = entry.get("request_body")
-    exchange = Exchange("POST", "/app/llm", "", {},
+    exchange = Exchange("POST", "/app/llm", "",
                         orjson.dumps(body) if body is not None else None, 200,
                         {"content-type": entry["content_type"]})
     reader = target.open(exchange)
@@ -167,7 +167,7 @@ def test_custom_path_with_an_unknown_shape_is_skipped() -> None:
     assert target is not None
     for ctype, body in (("application/json", b'{"status": "ok"}'),
                         ("text/event-stream", b'data: {"a": 1}\n\n' * 20)):
-        reader = target.open(Exchange("POST", "/app/x", "", {}, None, 200,
+        reader = target.open(Exchange("POST", "/app/x", "", None, 200,
                                       {"content-type": ctype}))
         assert reader is not None
         reader.feed(body)

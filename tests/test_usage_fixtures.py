@@ -43,7 +43,6 @@ def open_reader(entry: dict[str, Any]) -> Reader:
         method=entry["method"],
         path=path,
         query=query,
-        request_headers={"content-type": "application/json"},
         request_body=orjson.dumps(body) if body is not None and target.needs_request_body
         else None,
         status=entry["status"],

@@ -43,7 +43,7 @@ def reader_for(path: str, content_type: str, request_body: bytes | None = None) 
     raw, _, query = path.partition("?")
     target = DETECTOR.match("POST", unquote(raw))
     assert target is not None, path
-    exchange = Exchange("POST", unquote(raw), query, {}, request_body, 200,
+    exchange = Exchange("POST", unquote(raw), query, request_body, 200,
                         {"content-type": content_type}, raw)
     return target.open(exchange)
 

@@ -27,7 +27,7 @@ def reader(path: str, content_type: str = JSON, status: int = 200,
     target = DETECTOR.match("POST", unquote(path))
     assert target is not None, path
     body = json.dumps(request_body).encode() if request_body is not None else None
-    exchange = Exchange("POST", unquote(path), "", {}, body, status,
+    exchange = Exchange("POST", unquote(path), "", body, status,
                         {"content-type": content_type, **(headers or {})}, raw_path or path)
     opened = target.open(exchange)
     assert opened is not None
@@ -155,7 +155,7 @@ def test_azure_error_keeps_the_deployment() -> None:
 def test_other_content_types_are_not_read(content_type: str) -> None:
     target = DETECTOR.match("POST", "/v1/chat/completions")
     assert target is not None
-    exchange = Exchange("POST", "/v1/chat/completions", "", {}, None, 200,
+    exchange = Exchange("POST", "/v1/chat/completions", "", None, 200,
                         {"content-type": content_type})
     assert target.open(exchange) is None
 
@@ -373,7 +373,7 @@ def test_bedrock_arn_model_from_the_raw_path() -> None:
 def test_bedrock_model_from_the_decoded_path_when_there_is_no_raw_path() -> None:
     target = DETECTOR.match("POST", "/model/us.amazon.nova-pro-v1:0/converse")
     assert target is not None
-    exchange = Exchange("POST", "/model/us.amazon.nova-pro-v1:0/converse", "", {}, None, 200,
+    exchange = Exchange("POST", "/model/us.amazon.nova-pro-v1:0/converse", "", None, 200,
                         {"content-type": JSON})
     r = target.open(exchange)
     assert r is not None

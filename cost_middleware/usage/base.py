@@ -18,8 +18,6 @@ class Exchange:
     path: str
     #: Raw query string, e.g. ``alt=sse&key=...`` (never logged or stored).
     query: str
-    #: Lower-cased header names; values decoded as latin-1.
-    request_headers: Mapping[str, str]
     #: Only present when the matched target asked for it (``needs_request_body``).
     request_body: bytes | None
     status: int
