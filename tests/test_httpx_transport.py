@@ -1,0 +1,134 @@
+"""Provider calls made with httpx inside a request are recorded against that request."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cost_middleware import CostMiddleware, CostRecord, Settings
+from cost_middleware.fake_provider import fake_provider_app
+from cost_middleware.httpx_transport import AsyncCostTransport, CostTransport
+from cost_middleware.tracker import CostTracker
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings(statsd_enabled=False, database_url=f"sqlite:///{tmp_path / 'x.db'}",
+                    spool_dir=str(tmp_path / "spool"))
+
+
+def collect(tracker: CostTracker) -> list[CostRecord]:
+    records: list[CostRecord] = []
+    tracker.record = records.append  # type: ignore[method-assign]
+    return records
+
+
+def app_with_client(client: httpx.AsyncClient) -> Starlette:
+    async def ask(request: Request) -> JSONResponse:
+        reply = await client.post("http://provider/v1/chat/completions", json=CHAT)
+        return JSONResponse({"answer": reply.json()["choices"][0]["message"]["content"]})
+
+    async def stream(request: Request) -> JSONResponse:
+        body = dict(CHAT, stream=True, stream_options={"include_usage": True})
+        words = 0
+        async with client.stream("POST", "http://provider/v1/chat/completions",
+                                 json=body) as reply:
+            async for line in reply.aiter_lines():
+                words += line.startswith("data: {")
+        return JSONResponse({"events": words})
+
+    async def gateway(request: Request) -> Response:
+        reply = await client.post("http://provider/v1/chat/completions",
+                                  content=await request.body())
+        return Response(reply.content, media_type="application/json")
+
+    return Starlette(routes=[Route("/ask", ask, methods=["POST"]),
+                             Route("/stream", stream, methods=["POST"]),
+                             Route("/v1/chat/completions", gateway, methods=["POST"])])
+
+
+def run(mw: CostMiddleware, path: str, body: bytes = b"{}") -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=mw)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
+            return await c.post(path, content=body,
+                                headers={"x-tenant-id": "acme", "x-request-id": "req-9"})
+
+    return asyncio.run(go())
+
+
+def provider_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=AsyncCostTransport(
+        httpx.ASGITransport(app=fake_provider_app)))
+
+
+def test_sdk_call_is_attributed_to_the_request(tmp_path: Path) -> None:
+    mw = CostMiddleware(app_with_client(provider_client()), settings(tmp_path))
+    records = collect(mw.tracker)
+    reply = run(mw, "/ask")
+    assert reply.status_code == 200 and "answer" in reply.json()
+    assert len(records) == 1
+    r = records[0]
+    assert (r.provider, r.model, r.tenant, r.request_id, r.route) == (
+        "openai", "gpt-4o-mini", "acme", "req-9", "/ask")
+    assert r.usage is not None and r.usage.input_tokens > 0 and not r.streamed
+
+
+def test_streamed_sdk_call_is_read_as_it_is_consumed(tmp_path: Path) -> None:
+    mw = CostMiddleware(app_with_client(provider_client()), settings(tmp_path))
+    records = collect(mw.tracker)
+    reply = run(mw, "/stream")
+    assert reply.json()["events"] > 5
+    assert len(records) == 1 and records[0].streamed and records[0].usage is not None
+    assert records[0].partial is False
+
+
+def test_a_forwarded_provider_response_is_recorded_once(tmp_path: Path) -> None:
+    counting = settings(tmp_path).with_overrides(statsd_enabled=True, statsd_host="127.0.0.1")
+    mw = CostMiddleware(app_with_client(provider_client()), counting)
+    records = collect(mw.tracker)
+    reply = run(mw, "/v1/chat/completions", orjson.dumps(CHAT))
+    assert reply.json()["object"] == "chat.completion"
+    assert len(records) == 1
+    assert mw.tracker.metrics.snapshot()["counters"].get("skipped.seen_by_client") == 1
+    mw.tracker.metrics.close()
+
+
+def test_outside_a_request_the_given_tracker_records(tmp_path: Path) -> None:
+    tracker = CostTracker(settings(tmp_path))
+    records = collect(tracker)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method != "POST":
+            return httpx.Response(200, json={"data": []})
+        body: Any = orjson.loads(request.content)
+        from cost_middleware.fake_provider import anthropic_messages
+
+        return httpx.Response(200, content=anthropic_messages(body["model"], body),
+                              headers={"content-type": "application/json"})
+
+    with httpx.Client(transport=CostTransport(httpx.MockTransport(handler),
+                                              tracker=tracker)) as client:
+        client.post("https://api.anthropic.test/v1/messages",
+                    json={"model": "claude-haiku-4-5", "messages": []})
+        client.get("https://api.anthropic.test/v1/models")
+    assert len(records) == 1
+    assert records[0].provider == "anthropic" and records[0].tenant is None
+    tracker.close()
+
+
+def test_without_a_request_or_tracker_nothing_happens() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"ok": True})
+
+    with httpx.Client(transport=CostTransport(httpx.MockTransport(handler))) as client:
+        assert client.post("https://x.test/v1/chat/completions", json={}).json() == {"ok": True}
