@@ -46,8 +46,16 @@ def _open(request: httpx.Request, tracker: CostTracker | None) -> Capture | None
     return capture
 
 
-def _start(capture: Capture, response: httpx.Response) -> None:
+def _start(capture: Capture, response: httpx.Response) -> bool:
+    """Note the response; True when its body is already in memory and was read now."""
     capture.response_start(response.status_code, response.headers.multi_items())
+    try:
+        body = response.content  # a response built from bytes (mock transports) is pre-read
+    except httpx.ResponseNotRead:
+        return False
+    capture.response_body(body)
+    capture.finish(True)
+    return True
 
 
 class CostTransport(httpx.BaseTransport):
@@ -66,10 +74,8 @@ class CostTransport(httpx.BaseTransport):
             if capture is not None:
                 capture.finish(False)
             raise
-        if capture is None:
-            return response
-        _start(capture, response)
-        response.stream = _ObservedStream(response.stream, capture)
+        if capture is not None and not _start(capture, response):
+            response.stream = _ObservedStream(response.stream, capture)
         return response
 
     def close(self) -> None:
@@ -92,10 +98,8 @@ class AsyncCostTransport(httpx.AsyncBaseTransport):
             if capture is not None:
                 capture.finish(False)
             raise
-        if capture is None:
-            return response
-        _start(capture, response)
-        response.stream = _AsyncObservedStream(response.stream, capture)
+        if capture is not None and not _start(capture, response):
+            response.stream = _AsyncObservedStream(response.stream, capture)
         return response
 
     async def aclose(self) -> None:
