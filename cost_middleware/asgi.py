@@ -75,7 +75,7 @@ class CostMiddleware:
                     complete = True
                     capture.finish(True, _route(scope))
             elif kind == "http.response.start":
-                capture.response_start(message["status"], _str_headers(message["headers"]))
+                capture.response_start(message["status"], _StrHeaders(message["headers"]))
 
         try:
             await self.app(scope, receive, send_observed)
@@ -113,7 +113,7 @@ def _tee_request(receive: Receive, capture: Capture) -> Receive:
     return receive_observed
 
 
-class _str_headers:  # noqa: N801 - used like a function
+class _StrHeaders:
     """ASGI response headers as ``str`` pairs, decoded only when iterated."""
 
     __slots__ = ("_raw",)

@@ -88,7 +88,8 @@ class Settings:
         if self.redis_url is not None and not self.redis_url.startswith(
             ("redis://", "rediss://", "unix://")
         ):
-            raise ConfigError(REDIS_URL, self.redis_url, "must be a redis://, rediss:// or unix:// URL")
+            raise ConfigError(REDIS_URL, self.redis_url,
+                              "must be a redis://, rediss:// or unix:// URL")
         # Header names are matched against ASGI's lower-cased bytes.
         object.__setattr__(self, "tenant_header", self.tenant_header.lower())
 
@@ -191,7 +192,8 @@ def _globs(name: str, value: str) -> tuple[str, ...]:
 
 def _check_prefix(prefix: str) -> None:
     if not all(c.isalnum() or c in "._-" for c in prefix):
-        raise ConfigError(STATSD_PREFIX, prefix, "may contain only letters, digits, '.', '_' and '-'")
+        raise ConfigError(STATSD_PREFIX, prefix,
+                          "may contain only letters, digits, '.', '_' and '-'")
 
 
 def _is_token(name: str) -> bool:

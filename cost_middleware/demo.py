@@ -8,6 +8,7 @@ difference, and the report of what was recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import statistics
 import tempfile
@@ -102,10 +103,8 @@ async def _lifespan(app: ASGIApp, phase: str) -> None:
         if message["type"].endswith(".complete"):
             raise _LifespanStep
 
-    try:
+    with contextlib.suppress(_LifespanStep):
         await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
-    except _LifespanStep:
-        pass
 
 
 class _LifespanStep(Exception):

@@ -37,10 +37,11 @@ def check_database(settings: Settings) -> Check:
                 missing = [t.name for t in (cost_records, model_prices)
                            if not inspector.has_table(t.name)]
                 if missing:
-                    return Check("database", False, f"{where}: tables missing ({', '.join(missing)}); "
-                                 "run `cost-middleware init`")
-                prices = conn.execute(sa.select(sa.func.count()).select_from(model_prices)).scalar()
-                records = conn.execute(sa.select(sa.func.count()).select_from(cost_records)).scalar()
+                    return Check("database", False, f"{where}: tables missing "
+                                 f"({', '.join(missing)}); run `cost-middleware init`")
+                count = sa.select(sa.func.count())
+                prices = conn.execute(count.select_from(model_prices)).scalar()
+                records = conn.execute(count.select_from(cost_records)).scalar()
         finally:
             engine.dispose()
     except Exception as exc:
@@ -64,7 +65,8 @@ def check_statsd(settings: Settings) -> Check:
         return Check("statsd", True, "disabled (COST_MIDDLEWARE_STATSD=off)")
     target = f"{settings.statsd_host}:{settings.statsd_port}"
     try:
-        info = socket.getaddrinfo(settings.statsd_host, settings.statsd_port, type=socket.SOCK_DGRAM)
+        info = socket.getaddrinfo(settings.statsd_host, settings.statsd_port,
+                                  type=socket.SOCK_DGRAM)
         family, kind, proto, _, address = info[0]
         with socket.socket(family, kind, proto) as sock:
             sock.sendto(f"{settings.statsd_prefix}.doctor.probe:1|c".encode(), address)

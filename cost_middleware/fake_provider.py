@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from cost_middleware._types import Message, Receive, Scope, Send
+from cost_middleware._types import Receive, Scope, Send
 
 WORDS = ("the", "cost", "of", "each", "request", "is", "known", "to", "the", "token")
 

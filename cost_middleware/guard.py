@@ -22,7 +22,8 @@ class Guard:
         label = self._metrics.label("skip_reason", reason)
         self._metrics.incr(f"skipped.{label}")
         if self._first(label):
-            log.info("cost_middleware: skipped a response (%s); further ones are only counted", label)
+            log.info("cost_middleware: skipped a response (%s); further ones are only counted",
+                     label)
 
     def error(self, where: str, exc: BaseException) -> None:
         """An exception inside our code: counted as ``skipped.internal_error``."""

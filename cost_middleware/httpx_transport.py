@@ -13,6 +13,7 @@ reads the response on its way out; when both see the same call it is recorded on
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from time import perf_counter
 
@@ -39,10 +40,9 @@ def _open(request: httpx.Request, tracker: CostTracker | None) -> Capture | None
                             request.url.raw_path.decode("latin-1").split("?", 1)[0],
                             client_call=True)
     if capture is not None and capture.needs_request_body:
-        try:
+        # A streamed upload cannot be read here: the model then comes from the response.
+        with contextlib.suppress(httpx.RequestNotRead):
             capture.request_body(request.content)
-        except httpx.RequestNotRead:
-            pass  # a streamed upload: the model comes from the response or not at all
     return capture
 
 

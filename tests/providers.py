@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cost_middleware._types import Message, Receive, Scope, Send
+from cost_middleware._types import Receive, Scope, Send
 
 
 class ReplayApp:

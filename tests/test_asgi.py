@@ -14,7 +14,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
-from conftest import assert_usage, expected_usage, fixture_bytes, fixture_chunks, load_expected, split_path
+from conftest import (
+    assert_usage,
+    expected_usage,
+    fixture_bytes,
+    fixture_chunks,
+    load_expected,
+    split_path,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from providers import ReplayApp, content_headers
@@ -41,7 +48,8 @@ def quiet(tmp: Path | None = None, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def collecting(app: ASGIApp, tmp: Path, **overrides: Any) -> tuple[CostMiddleware, list[CostRecord]]:
+def collecting(app: ASGIApp, tmp: Path,
+               **overrides: Any) -> tuple[CostMiddleware, list[CostRecord]]:
     """A middleware whose records are collected in a list instead of queued."""
     mw = CostMiddleware(app, quiet(tmp, **overrides))
     records: list[CostRecord] = []
@@ -115,7 +123,8 @@ def assert_matches(record: CostRecord, entry: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("entry", OK_ENTRIES, ids=ids(OK_ENTRIES))
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), max_size=st.sampled_from([1, 7, 64, 4096]))
 def test_every_fixture_under_random_chunking(entry: dict[str, Any], seed: int, max_size: int,
                                              tmp_path: Path) -> None:
@@ -286,7 +295,8 @@ def test_huge_bodies_are_capped_and_counted(tmp_path: Path) -> None:
     mw.tracker.metrics.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.binary(max_size=2000),
        ctype=st.sampled_from(["application/json", "text/event-stream", "application/x-ndjson",
                               "application/vnd.amazon.eventstream"]),

@@ -25,7 +25,8 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited early: {proc.stdout.read() if proc.stdout else ''!r}")
+            output = proc.stdout.read() if proc.stdout else b""
+            raise RuntimeError(f"server exited early: {output!r}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return

@@ -124,7 +124,8 @@ def headers_for(entry: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("entry", OK_ENTRIES, ids=[e["file"] for e in OK_ENTRIES])
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1))
 def test_every_fixture_under_random_chunking(entry: dict[str, Any], seed: int,
                                              tmp_path: Path) -> None:
@@ -137,7 +138,7 @@ def test_every_fixture_under_random_chunking(entry: dict[str, Any], seed: int,
         i += n
     app = replay_app(chunks, f"{entry['status']} OK", entry["content_type"], headers_for(entry))
     mw, records = collecting(app, tmp_path)
-    status, body, error = run(mw, environ_for(entry, body_for(entry)))
+    _, body, error = run(mw, environ_for(entry, body_for(entry)))
     assert error is None and body == data
     assert app.iterables[0].closed
     assert len(records) == 1
