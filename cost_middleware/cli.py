@@ -305,14 +305,21 @@ def cmd_spool_status(args: argparse.Namespace, settings: Settings, console: Cons
 
 
 def cmd_spool_replay(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    from cost_middleware.batcher import ReplaySink
     from cost_middleware.spool import Spool
     from cost_middleware.storage import SQLSink
+    from cost_middleware.tracker import CostTracker
 
-    sink = SQLSink(_engine(settings))
+    # Records spooled during an outage may be unpriced: price them on the way in, as the
+    # middleware's own replay does.
+    tracker = CostTracker(settings.with_overrides(statsd_enabled=False))
+    sink = SQLSink(tracker.engine)
     try:
-        count = Spool(settings.spool_dir).replay(sink)
+        count = Spool(settings.spool_dir).replay(
+            ReplaySink(sink, tracker.price_batch, lambda records: None))
     finally:
         sink.close()
+        tracker.close()
     console.print(f"{count:,} records replayed into the database.")
     return 0
 

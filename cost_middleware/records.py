@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,14 +12,20 @@ from decimal import Decimal
 from cost_middleware.usage.model import Usage
 
 
-def new_record_id() -> str:
-    """128 random bits as hex: the row's idempotency key.
+#: A private generator: an app calling ``random.seed()`` must not make ids repeat (repeats
+#: would be dropped as duplicates). Seeded from the OS, and again in every forked child.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
 
-    Not ``uuid4``/``os.urandom``: a syscall per record costs tens of microseconds on some
-    sandboxed kernels. ``random`` is seeded from the OS at start and reseeded in every forked
-    child, so ids stay unique across processes; they are identifiers, not secrets.
+
+def new_record_id() -> str:
+    """The row's idempotency key: 48 bits of milliseconds, then 80 random bits, as hex.
+
+    Time-ordered so index inserts stay local (about 3x the SQLite write rate of random
+    keys). Not ``uuid4``: a syscall per record costs tens of microseconds on some sandboxed
+    kernels. Identifiers, not secrets.
     """
-    return f"{random.getrandbits(128):032x}"
+    return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{_ids.getrandbits(80):020x}"
 
 
 def utcnow() -> datetime:

@@ -65,7 +65,8 @@ class CostTracker:
             self._make_sink,
             self.settings,
             self.metrics,
-            process=self._price_batch,
+            process=self.price_batch,
+            written=self._count_totals,
             tick=self.metrics.flush,
             spool=Spool(self.settings.spool_dir, self.metrics),
         )
@@ -157,9 +158,8 @@ class CostTracker:
             self._sink = SQLSink(self.engine)
         return self._sink
 
-    def _price_batch(self, records: list[CostRecord]) -> None:
+    def price_batch(self, records: list[CostRecord]) -> None:
         self.price_book.price_many(records)
-        self._count_totals(records)
 
     def _count_totals(self, records: Sequence[CostRecord]) -> None:
         metrics = self.metrics

@@ -88,3 +88,28 @@ def test_module_entry_point(env: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "cost_middleware", "--help"],
                             capture_output=True, text=True, check=True)
     assert "demo" in result.stdout and "prices" in result.stdout
+
+
+def test_spool_replay_prices_and_stores(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlalchemy as sa
+
+    from cost_middleware import CostRecord, Usage
+    from cost_middleware.schema import cost_records
+    from cost_middleware.spool import Spool
+
+    spool = Spool(str(env / "spool"))
+    spool.append([CostRecord(provider="openai", api="chat_completions", model="gpt-4o",
+                             usage=Usage(input_tokens=2006, cached_input_tokens=1920,
+                                         output_tokens=300)) for _ in range(3)])
+    spool.close()
+    assert main(["spool", "replay"]) == 0
+    assert "3 records replayed" in capsys.readouterr().out
+    engine = sa.create_engine(f"sqlite:///{env / 'cli.db'}")
+    with engine.connect() as conn:
+        costs = conn.execute(sa.select(cost_records.c.cost_usd)).scalars().all()
+    engine.dispose()
+    from decimal import Decimal
+
+    assert costs == [Decimal("0.005615")] * 3
+    assert main(["spool", "status"]) == 0
+    assert "0 records" in capsys.readouterr().out

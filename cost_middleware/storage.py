@@ -1,0 +1,447 @@
+"""Where records end up: the ``Sink`` protocol, the SQL sink and an in-memory sink.
+
+The SQL sink keeps one writer connection per process, taken from the engine's pool and
+detached from it, so the pool can neither reset it under us nor hand it to a forked child.
+SQLite gets one ``executemany`` of ``INSERT ... ON CONFLICT (record_id) DO NOTHING``.
+PostgreSQL gets a binary ``COPY`` (several times faster than an executemany there): straight
+into the table, or, when a batch holds records already stored, into a temporary staging
+table followed by ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. Either way a record
+already stored is ignored, which is what makes retries and spool replays safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.pool import StaticPool
+
+from cost_middleware import config
+from cost_middleware.config import ConfigError
+from cost_middleware.records import CostRecord, utcnow
+from cost_middleware.schema import ExactDecimal, cost_records, metadata
+
+log = logging.getLogger("cost_middleware")
+
+#: How long a SQLite writer waits for another process's write lock.
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+#: PostgreSQL: fail a connect, or a write the network stopped acknowledging, instead of
+#: hanging for the kernel's default TCP timeout (minutes): the batcher then spools.
+PG_CONNECT_TIMEOUT_S = 5
+PG_TCP_USER_TIMEOUT_MS = 10_000
+#: The writer session's bound on one statement (e.g. waiting behind a migration's lock).
+PG_STATEMENT_TIMEOUT_MS = 60_000
+#: A cost no backend can store is recorded as unpriced (null) instead of failing the batch.
+#: SQLite keeps pico-dollars in a signed 64-bit integer (about 9.22e6 USD).
+MAX_USD = Decimal(9_000_000)
+
+_COLUMNS = tuple(c.name for c in cost_records.columns)
+_STAGE = "cost_records_stage"
+_SUPPORTED = (("sqlite", "pysqlite"), ("postgresql", "psycopg"))
+#: Connections a forked child inherited: never used or closed here (the socket and the
+#: SQLite locks belong to the parent), only kept so their finalizers never run in the child.
+_INHERITED: list[Any] = []
+
+
+class Sink(Protocol):
+    """Stores batches of records."""
+
+    def write(self, records: Sequence[CostRecord]) -> int:
+        """Store ``records``; return how many were new (a known ``record_id`` is ignored).
+
+        Raises on failure; the caller retries or spools the whole batch.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+# -- engine and schema -------------------------------------------------------------------
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine tuned for the ledger. Creates nothing in the database.
+
+    SQLite: WAL, ``synchronous=NORMAL``, a busy timeout, usable from any thread.
+    PostgreSQL: the psycopg 3 driver (``postgresql://`` means it), ``pool_pre_ping``,
+    connect and TCP timeouts. Either way, a pooled connection inherited across ``fork`` is
+    discarded at checkout instead of being shared with the parent.
+    """
+    parsed = sa.make_url(url)
+    safe = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        if parsed.drivername in ("postgres", "postgresql"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if parsed.get_driver_name() != "psycopg":
+            raise ConfigError(config.DATABASE_URL, safe,
+                              "PostgreSQL needs the psycopg 3 driver: postgresql+psycopg://")
+        defaults = {"connect_timeout": PG_CONNECT_TIMEOUT_S,
+                    "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS}
+        connect_args = {k: v for k, v in defaults.items() if k not in parsed.query}
+        engine = sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True,
+                                  connect_args=connect_args)
+    elif backend == "sqlite":
+        if parsed.get_driver_name() != "pysqlite":
+            raise ConfigError(config.DATABASE_URL, safe, "SQLite needs the default driver: sqlite://")
+        in_memory = parsed.database in (None, "", ":memory:")
+        # An in-memory database exists once per connection: share one, or records vanish.
+        engine = sa.create_engine(parsed, hide_parameters=True,
+                                  connect_args={"check_same_thread": False},
+                                  **({"poolclass": StaticPool} if in_memory else {}))
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        raise ConfigError(config.DATABASE_URL, safe, "only SQLite and PostgreSQL are supported")
+    event.listen(engine, "connect", _remember_pid)
+    event.listen(engine, "checkout", _refuse_inherited)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+    finally:
+        cursor.close()
+
+
+def _remember_pid(_dbapi_connection: Any, record: Any) -> None:
+    record.info["pid"] = os.getpid()
+
+
+def _refuse_inherited(_dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    # SQLAlchemy's documented recipe for pools that cross os.fork().
+    if record.info.get("pid") != os.getpid():
+        record.dbapi_connection = proxy.dbapi_connection = None
+        raise exc.DisconnectionError("connection was opened by the parent process")
+
+
+def ensure_schema(engine: sa.Engine) -> None:
+    """Create the tables that are missing; safe when several processes start at once.
+
+    Two processes can both see a table missing and both create it: the loser gets an
+    "already exists" error, retries, and then finds the table.
+    """
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            return
+        except exc.DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+# -- records to rows ---------------------------------------------------------------------
+
+
+def record_row(record: CostRecord) -> dict[str, Any]:
+    """The ``cost_records`` row of one record (column name to value).
+
+    Every value is made storable on every backend: text is cut to its column's length and
+    cleared of NUL and unpaired surrogates, integers are clamped to their column's range,
+    money that cannot be stored becomes null (unpriced), datetimes become aware UTC. A row
+    a backend refuses would fail its whole batch on every retry, so none may be built.
+    """
+    return dict(zip(_COLUMNS, _row_values(record), strict=True))
+
+
+def _row_values(record: CostRecord) -> list[Any]:
+    """:func:`record_row`'s values in ``_COLUMNS`` order (the sinks' hot path)."""
+    usage = record.usage
+    if usage is None:
+        tokens: tuple[Any, ...] = _NO_TOKENS
+        reported = None
+    else:
+        tokens = (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_input_tokens,
+                  usage.cache_write_5m_input_tokens, usage.cache_write_1h_input_tokens,
+                  usage.output_tokens, usage.reasoning_tokens, usage.web_search_requests)
+        reported = usage.reported_cost_usd
+    values = [
+        record.record_id, _utc(record.created_at), record.request_id, record.tenant,
+        record.method, record.route, record.status_code, record.provider, record.model,
+        record.api, bool(record.streamed), bool(record.partial), *tokens,
+        record.cost_usd, reported, record.price_version, record.latency_ms,
+    ]
+    for i, limit, required in _TEXT_CHECKS:
+        v = values[i]
+        if v is None:
+            if required:
+                values[i] = ""
+        elif not (type(v) is str and len(v) <= limit and v.isascii() and "\x00" not in v):
+            values[i] = _clean_text(v, limit)
+    for i, bound in _INT_CHECKS:
+        v = values[i]
+        if v is not None and not (type(v) is int and -bound - 1 <= v <= bound):
+            values[i] = _clean_int(v, bound)
+    for i in _MONEY_POSITIONS:
+        v = values[i]
+        if v is not None and not (type(v) is Decimal and v.is_finite()
+                                  and -MAX_USD <= v <= MAX_USD):
+            values[i] = _clean_money(v, record.record_id, _COLUMNS[i])
+    v = values[_LATENCY]
+    if v is not None and type(v) is not float:
+        values[_LATENCY] = _clean_float(v)
+    return values
+
+
+_NO_TOKENS = (None,) * 8
+#: The order :func:`_row_values` builds; a test checks it is the table's column order.
+_ROW_ORDER = (
+    "record_id", "created_at", "request_id", "tenant", "method", "route", "status_code",
+    "provider", "model", "api", "streamed", "partial", "input_tokens", "cached_input_tokens",
+    "cache_write_input_tokens", "cache_write_5m_input_tokens", "cache_write_1h_input_tokens",
+    "output_tokens", "reasoning_tokens", "web_search_requests", "cost_usd", "reported_cost_usd",
+    "price_version", "latency_ms",
+)
+_TEXT_CHECKS = tuple(
+    (i, c.type.length, not c.nullable) for i, c in enumerate(cost_records.columns)
+    if isinstance(c.type, sa.String) and c.type.length
+)
+_INT_CHECKS = tuple(
+    (i, 2**63 - 1 if isinstance(c.type, sa.BigInteger) else 2**31 - 1)
+    for i, c in enumerate(cost_records.columns) if isinstance(c.type, sa.Integer)
+)
+_MONEY_POSITIONS = tuple(i for i, c in enumerate(cost_records.columns)
+                         if isinstance(c.type, ExactDecimal))
+_LATENCY = _COLUMNS.index("latency_ms")
+
+
+def _clean_text(value: object, limit: int) -> str:
+    text = value if isinstance(value, str) else str(value)
+    # PostgreSQL refuses NUL in text, and UTF-8 has no unpaired surrogates.
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")[:limit]
+
+
+def _clean_int(value: object, bound: int) -> int | None:
+    try:
+        number: int = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return max(-bound - 1, min(bound, number))
+
+
+def _clean_float(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _clean_money(value: object, record_id: object, column: str) -> Decimal | None:
+    try:
+        amount = Decimal(str(value))
+        if amount.is_finite() and -MAX_USD <= amount <= MAX_USD:
+            return amount
+    except (InvalidOperation, ValueError, TypeError):
+        pass
+    log.warning("cost_middleware: record %r: %s %r cannot be stored; writing null",
+                record_id, column, value)
+    return None
+
+
+def _utc(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        return utcnow()
+    tz = value.tzinfo
+    if tz is UTC:
+        return value
+    if tz is None:  # naive means UTC throughout this package
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+# -- sinks -------------------------------------------------------------------------------
+
+_Processor = Callable[[Any], Any]
+
+
+class SQLSink:
+    """Writes batches into ``cost_records`` over one long-lived connection per process.
+
+    PostgreSQL: a binary COPY straight into the table is the fast path; when the batch holds
+    a record already stored (a retry or a replay), the transaction is rolled back and the
+    batch goes through a temporary staging table and ``INSERT ... ON CONFLICT DO NOTHING``,
+    which stays the path while batches keep carrying duplicates.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        dialect = engine.dialect
+        if (dialect.name, dialect.driver) not in _SUPPORTED:
+            raise ConfigError(config.DATABASE_URL,
+                              engine.url.render_as_string(hide_password=True),
+                              "needs sqlite:// or postgresql+psycopg:// (use make_engine)")
+        self._engine = engine
+        self._copy = dialect.name == "postgresql"
+        # SQLAlchemy's own conversions (pico-dollar integers and datetime text on SQLite,
+        # exact rounding of money everywhere); booleans are already real bools.
+        self._processors: list[tuple[int, _Processor]] = []
+        for i, column in enumerate(cost_records.columns):
+            processor: _Processor | None = column.type.dialect_impl(dialect).bind_processor(dialect)
+            if isinstance(column.type, sa.DateTime) and dialect.name == "sqlite":
+                processor = _sqlite_datetime  # the same text, about 3x faster
+            if processor is not None and not isinstance(column.type, sa.Boolean):
+                self._processors.append((i, processor))
+        quote = dialect.identifier_preparer.quote
+        table = quote(cost_records.name)
+        names = ", ".join(quote(c) for c in _COLUMNS)
+        self._copy_direct = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
+        self._stage_create = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
+                              f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        self._copy_staged = f"COPY {_STAGE} ({names}) FROM STDIN (FORMAT BINARY)"
+        self._insert_staged = (f"INSERT INTO {table} ({names}) SELECT {names} FROM {_STAGE} "
+                               f"ON CONFLICT ({quote('record_id')}) DO NOTHING")
+        insert = sqlite.insert(cost_records).on_conflict_do_nothing(index_elements=["record_id"])
+        self._insert = "" if self._copy else str(insert.compile(dialect=dialect))
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._fairy: Any = None  # the pool's proxy of our connection, detached
+        self._conn: Any = None  # the DBAPI connection inside it
+        self._copy_types: list[int] | None = None
+        self._staged = False  # recent batches carried duplicates: skip the direct COPY
+
+    def write(self, records: Sequence[CostRecord]) -> int:
+        if not records:
+            return 0
+        rows = [self._row(record) for record in records]
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            conn = self._connection()
+            try:
+                return self._copy_rows(conn, rows) if self._copy else self._insert_rows(conn, rows)
+            except BaseException:
+                # The connection's state is unknown after a failure: start a fresh one.
+                self._discard()
+                raise
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            self._discard()
+
+    def _row(self, record: CostRecord) -> list[Any]:
+        values = _row_values(record)
+        for i, processor in self._processors:
+            if values[i] is not None:
+                values[i] = processor(values[i])
+        return values
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            fairy = self._engine.raw_connection()
+            conn = fairy.driver_connection
+            if not isinstance(self._engine.pool, StaticPool):
+                fairy.detach()  # ours alone from now on; a static pool has only this one
+            self._fairy, self._conn = fairy, conn
+        return self._conn
+
+    def _discard(self) -> None:
+        fairy, self._fairy, self._conn, self._copy_types = self._fairy, None, None, None
+        if fairy is not None:
+            try:
+                fairy.close()
+            except Exception as error:  # already broken: nothing more to release
+                log.debug("cost_middleware: closing a failed connection: %s", type(error).__name__)
+
+    def _after_fork(self) -> None:
+        if self._fairy is not None:
+            _INHERITED.append(self._fairy)
+        self._fairy = self._conn = self._copy_types = None
+        self._lock = threading.Lock()  # the parent's may have been held at fork time
+        self._pid = os.getpid()
+
+    def _insert_rows(self, conn: Any, rows: list[list[Any]]) -> int:
+        cursor = conn.cursor()
+        try:
+            cursor.executemany(self._insert, rows)
+            inserted = int(cursor.rowcount)
+        finally:
+            cursor.close()
+        conn.commit()
+        return inserted
+
+    def _copy_rows(self, conn: Any, rows: list[list[Any]]) -> int:
+        from psycopg import errors
+
+        with conn.cursor() as cursor:
+            if self._copy_types is None:
+                self._prepare_copy(cursor)
+            if not self._staged:
+                try:
+                    self._copy_into(cursor, self._copy_direct, rows)
+                    conn.commit()
+                    return len(rows)
+                except errors.UniqueViolation:
+                    conn.rollback()
+                    self._staged = True
+            self._copy_into(cursor, self._copy_staged, rows)
+            cursor.execute(self._insert_staged)
+            inserted = int(cursor.rowcount)
+        conn.commit()
+        self._staged = inserted < len(rows)
+        return inserted
+
+    def _prepare_copy(self, cursor: Any) -> None:
+        """Set up a new session: a bound on how long a write may wait (a lock held by a
+        migration, say) before it fails and is spooled, the staging table, and the column
+        types COPY sends."""
+        cursor.execute("SELECT set_config('statement_timeout', %s, false)",
+                       (f"{PG_STATEMENT_TIMEOUT_MS}ms",))
+        cursor.execute(self._stage_create)
+        cursor.execute(
+            "SELECT attname, atttypid FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (f"pg_temp.{_STAGE}",),
+        )
+        oids = dict(cursor.fetchall())
+        self._copy_types = [int(oids[name]) for name in _COLUMNS]
+        cursor.connection.commit()
+
+    def _copy_into(self, cursor: Any, sql: str, rows: list[list[Any]]) -> None:
+        with cursor.copy(sql) as copy:
+            copy.set_types(self._copy_types)
+            for row in rows:
+                copy.write_row(row)
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    """A UTC datetime as SQLAlchemy's SQLite ``DATETIME`` stores it (a test compares): the
+    first 26 characters, i.e. without the "+00:00" suffix."""
+    return value.isoformat(" ", "microseconds")[:26]
+
+
+class MemorySink:
+    """Keeps records in a list (tests, demos); same duplicate rule as the SQL sink."""
+
+    def __init__(self) -> None:
+        self.records: list[CostRecord] = []
+        self.closed = False
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def write(self, records: Sequence[CostRecord]) -> int:
+        inserted = 0
+        with self._lock:
+            for record in records:
+                if record.record_id not in self._ids:
+                    self._ids.add(record.record_id)
+                    self.records.append(record)
+                    inserted += 1
+        return inserted
+
+    def close(self) -> None:
+        self.closed = True

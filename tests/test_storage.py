@@ -1,0 +1,342 @@
+"""storage.py against real SQLite and real PostgreSQL: exact rows, duplicates, bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cost_middleware.config import ConfigError
+from cost_middleware.records import CostRecord
+from cost_middleware.schema import cost_records
+from cost_middleware.storage import (
+    _COLUMNS,
+    _ROW_ORDER,
+    MAX_USD,
+    MemorySink,
+    SQLSink,
+    _sqlite_datetime,
+    ensure_schema,
+    make_engine,
+    record_row,
+)
+from cost_middleware.usage.model import Usage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    engine = make_engine(db_url)
+    ensure_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sink(engine: sa.Engine) -> Iterator[SQLSink]:
+    sink = SQLSink(engine)
+    yield sink
+    sink.close()
+
+
+def full_usage(**overrides: Any) -> Usage:
+    values: dict[str, Any] = dict(
+        input_tokens=120_000, output_tokens=4_321, cached_input_tokens=100_000,
+        cache_write_input_tokens=7_000, cache_write_5m_input_tokens=5_000,
+        cache_write_1h_input_tokens=2_000, reasoning_tokens=0, web_search_requests=3,
+        reported_cost_usd=Decimal("0.000000000001"),
+    )
+    values.update(overrides)
+    return Usage(**values)
+
+
+def make_record(usage: Usage | None, **overrides: Any) -> CostRecord:
+    values: dict[str, Any] = dict(
+        provider="anthropic", api="messages", model="claude-sonnet-4-5", usage=usage,
+        tenant="acme", request_id="req-42", method="POST", route="/v1/messages",
+        status_code=200, streamed=True, partial=False, latency_ms=812.25,
+        created_at=datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=UTC),
+        cost_usd=Decimal("123456.123456789012"), price_version=17,
+        record_id=uuid.uuid4().hex,  # independent of the random state hypothesis seeds
+    )
+    values.update(overrides)
+    return CostRecord(**values)
+
+
+def stored(engine: sa.Engine) -> dict[str, dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(sa.select(cost_records)).mappings()]
+    for row in rows:
+        if row["created_at"].tzinfo is None:  # SQLite returns UTC as naive
+            row["created_at"] = row["created_at"].replace(tzinfo=UTC)
+    return {row["record_id"]: row for row in rows}
+
+
+def test_row_order_is_the_table_order() -> None:
+    assert _ROW_ORDER == _COLUMNS
+    assert tuple(record_row(make_record(full_usage()))) == _COLUMNS
+
+
+def test_round_trip_is_exact_in_every_column(engine: sa.Engine, sink: SQLSink) -> None:
+    priced = make_record(full_usage())
+    no_usage = make_record(None, cost_usd=None, price_version=None, tenant=None,
+                           request_id=None, method=None, route=None, status_code=None,
+                           model=None, latency_ms=None, streamed=False, partial=True)
+    unknown_reasoning = make_record(full_usage(reasoning_tokens=None, reported_cost_usd=None,
+                                               web_search_requests=None),
+                                    cost_usd=Decimal("0.000000000001"))
+    other_zone = make_record(full_usage(), created_at=datetime(
+        2025, 3, 4, 7, 6, 7, 891011, tzinfo=timezone(timedelta(hours=2))))
+    naive = make_record(full_usage(), created_at=datetime(2025, 3, 4, 5, 6, 7, 891011))
+    records = [priced, no_usage, unknown_reasoning, other_zone, naive]
+    assert sink.write(records) == len(records)
+
+    rows = stored(engine)
+    for record in records:
+        assert rows[record.record_id] == record_row(record)
+    row = rows[priced.record_id]
+    assert row["cost_usd"] == Decimal("123456.123456789012")
+    assert row["reported_cost_usd"] == Decimal("0.000000000001")
+    assert row["reasoning_tokens"] == 0
+    assert row["created_at"] == datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    assert (row["input_tokens"], row["cached_input_tokens"], row["cache_write_input_tokens"],
+            row["cache_write_5m_input_tokens"], row["cache_write_1h_input_tokens"],
+            row["output_tokens"], row["web_search_requests"]) == (
+        120_000, 100_000, 7_000, 5_000, 2_000, 4_321, 3)
+    assert (row["tenant"], row["request_id"], row["method"], row["route"], row["status_code"],
+            row["provider"], row["model"], row["api"], row["streamed"], row["partial"],
+            row["price_version"], row["latency_ms"]) == (
+        "acme", "req-42", "POST", "/v1/messages", 200, "anthropic", "claude-sonnet-4-5",
+        "messages", True, False, 17, 812.25)
+    assert rows[unknown_reasoning.record_id]["reasoning_tokens"] is None
+    assert rows[unknown_reasoning.record_id]["cost_usd"] == Decimal("0.000000000001")
+    empty = rows[no_usage.record_id]
+    assert all(empty[c] is None for c in (
+        "input_tokens", "cached_input_tokens", "cache_write_input_tokens", "output_tokens",
+        "reasoning_tokens", "cost_usd", "reported_cost_usd"))
+    assert empty["partial"] is True
+    assert rows[other_zone.record_id]["created_at"] == row["created_at"]
+    assert rows[naive.record_id]["created_at"] == row["created_at"]
+
+
+def test_sub_pico_amounts_round_the_same_on_both_backends(engine: sa.Engine, sink: SQLSink) -> None:
+    records = [make_record(None, cost_usd=Decimal(v)) for v in
+               ("0.0000000000015", "0.0000000000025", "1.00000000000049", "2.5E-13")]
+    sink.write(records)
+    rows = stored(engine)
+    assert [rows[r.record_id]["cost_usd"] for r in records] == [
+        Decimal("0.000000000002"), Decimal("0.000000000002"), Decimal("1.000000000000"),
+        Decimal("0")]
+
+
+def test_duplicates_are_ignored(engine: sa.Engine, sink: SQLSink) -> None:
+    batch = [make_record(full_usage()) for _ in range(50)]
+    assert sink.write(batch) == 50
+    assert sink.write(batch) == 0
+    # Half known, half new, and one new record twice in the same batch.
+    fresh = [make_record(None) for _ in range(10)]
+    assert sink.write(batch[:25] + fresh + fresh[:1]) == 10
+    # After duplicates, a clean batch is fully written again.
+    assert sink.write([make_record(None) for _ in range(5)]) == 5
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(cost_records)).scalar_one()
+        distinct = conn.execute(sa.select(sa.func.count(sa.distinct(cost_records.c.record_id)))
+                                ).scalar_one()
+    assert total == distinct == 65
+
+
+texts = st.one_of(st.none(), st.text(max_size=600), st.text(
+    st.sampled_from(["a", "\x00", "\ud800", "é", "\U0001f600", "'", '"', ";"]), max_size=80))
+ints = st.one_of(st.none(), st.integers(-(2**70), 2**70))
+money = st.one_of(st.none(), st.decimals(allow_nan=True, allow_infinity=True),
+                  st.decimals(min_value=-10**7, max_value=10**7, places=15))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tenant=texts, route=texts, model=texts, method=texts, request_id=texts,
+       provider=st.text(max_size=100), input_tokens=st.integers(-(2**70), 2**70),
+       reasoning=ints, status=ints, cost=money, reported=money,
+       latency=st.one_of(st.none(), st.floats(allow_nan=False)))
+def test_any_record_is_storable(
+    engine: sa.Engine, sink: SQLSink, tenant: str | None, route: str | None,
+    model: str | None, method: str | None, request_id: str | None, provider: str,
+    input_tokens: int, reasoning: int | None, status: int | None, cost: Decimal | None,
+    reported: Decimal | None, latency: float | None,
+) -> None:
+    """A row a backend refuses would fail its batch forever: no record may build one."""
+    record = make_record(
+        Usage(input_tokens=input_tokens, output_tokens=1, reasoning_tokens=reasoning,
+              reported_cost_usd=reported),
+        tenant=tenant, route=route, model=model, method=method, request_id=request_id,
+        provider=provider, status_code=status, cost_usd=cost, latency_ms=latency)
+    assert sink.write([record]) == 1
+    row = stored_one(engine, record.record_id)
+    expected = record_row(record)
+    if engine.dialect.name == "sqlite" and expected["latency_ms"] is not None:
+        expected["latency_ms"] = float(expected["latency_ms"])
+    assert row == {k: _quantized(v) if k.endswith("cost_usd") else v for k, v in expected.items()}
+    assert row["tenant"] is None or len(row["tenant"]) <= 256
+    assert row["cost_usd"] is None or abs(row["cost_usd"]) <= MAX_USD
+
+
+def _quantized(value: Decimal | None) -> Decimal | None:
+    return None if value is None else value.quantize(Decimal("1E-12"))
+
+
+def stored_one(engine: sa.Engine, record_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = dict(conn.execute(sa.select(cost_records).where(
+            cost_records.c.record_id == record_id)).mappings().one())
+    if row["created_at"].tzinfo is None:
+        row["created_at"] = row["created_at"].replace(tzinfo=UTC)
+    return row
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_sqlite_datetime_text_is_sqlalchemys(value: datetime) -> None:
+    dialect = sa.create_engine("sqlite://").dialect
+    process = cost_records.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    assert _sqlite_datetime(value) == process(value)
+
+
+def test_sqlite_engine_settings_and_creates_nothing(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+    assert sa.inspect(engine).get_table_names() == []
+    engine.dispose()
+
+
+def test_in_memory_sqlite_is_one_database() -> None:
+    engine = make_engine("sqlite://")
+    ensure_schema(engine)
+    sink = SQLSink(engine)
+    record = make_record(full_usage())
+    assert sink.write([record]) == 1
+    assert stored_one(engine, record.record_id)["cost_usd"] == record.cost_usd
+    sink.close()
+
+
+def test_postgresql_urls_use_psycopg(pg_url: str) -> None:
+    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    engine = make_engine(plain)
+    assert engine.dialect.driver == "psycopg"
+    assert sa.inspect(engine).get_table_names() == []
+    engine.dispose()
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg2://user:secret@db/x", "mysql://user:secret@db/x",
+    "sqlite+pysqlcipher://:secret@/x.db",
+])
+def test_unsupported_urls_are_refused_without_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_engine(url)
+    assert "secret" not in str(info.value)
+    assert info.value.variable == "COST_MIDDLEWARE_DATABASE_URL"
+
+
+def test_ensure_schema_when_processes_start_together(db_url: str) -> None:
+    engines = [make_engine(db_url) for _ in range(4)]
+    barrier = threading.Barrier(len(engines))
+    errors: list[BaseException] = []
+
+    def start(engine: sa.Engine) -> None:
+        try:
+            barrier.wait()
+            ensure_schema(engine)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert {"cost_records", "model_prices"} <= set(sa.inspect(engines[0]).get_table_names())
+    for engine in engines:
+        engine.dispose()
+
+
+def test_reconnects_after_the_connection_dies(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    ensure_schema(engine)
+    sink = SQLSink(engine)
+    first = [make_record(None) for _ in range(3)]
+    assert sink.write(first) == 3
+    with engine.connect() as admin:
+        admin.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    second = [make_record(None) for _ in range(3)]
+    try:
+        sink.write(second)  # may fail once: the server closed our connection
+    except Exception:
+        assert sink.write(second) == 3
+    assert sink.write(second) == 0
+    assert len(stored(engine)) == 6
+    sink.close()
+    engine.dispose()
+
+
+FORK_SCRIPT = """
+import os, sys
+from cost_middleware.storage import SQLSink, make_engine
+from cost_middleware.records import CostRecord
+engine = make_engine(sys.argv[1])
+sink = SQLSink(engine)
+def batch(tag):
+    return [CostRecord(provider="p", api=tag, model=None, usage=None) for _ in range(5)]
+assert sink.write(batch("parent-before")) == 5
+pid = os.fork()
+if pid == 0:
+    code = 0 if sink.write(batch("child")) == 5 else 1
+    sink.close()
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert sink.write(batch("parent-after")) == 5  # the child never touched our connection
+sink.close()
+print("ok")
+"""
+
+
+def test_a_forked_child_opens_its_own_connection(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    ensure_schema(engine)
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT, pg_url], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    with engine.connect() as conn:
+        apis = conn.execute(sa.select(cost_records.c.api, sa.func.count()).group_by(
+            cost_records.c.api)).all()
+    assert dict(apis) == {"parent-before": 5, "child": 5, "parent-after": 5}
+    engine.dispose()
+
+
+def test_memory_sink_ignores_duplicates() -> None:
+    sink = MemorySink()
+    batch = [make_record(None) for _ in range(3)]
+    assert sink.write(batch) == 3
+    assert sink.write([*batch, make_record(None)]) == 1
+    assert len(sink.records) == 4
+    sink.close()
+    assert sink.closed
