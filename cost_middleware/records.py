@@ -11,7 +11,6 @@ from decimal import Decimal
 
 from cost_middleware.usage.model import Usage
 
-
 #: A private generator: an app calling ``random.seed()`` must not make ids repeat (repeats
 #: would be dropped as duplicates). Seeded from the OS, and again in every forked child.
 _ids = random.Random()
