@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import Proxy
 
 from cost_middleware import config
 
@@ -232,3 +233,14 @@ def assert_usage(actual: Any, entry: dict[str, Any]) -> None:
         if key == "reported_cost_usd" and value is not None:
             value = Decimal(str(value))
         assert got == value, f"{entry['file']}: {key} = {got!r}, expected {value!r}"
+
+
+@pytest.fixture
+def proxy(pg_url: str) -> Iterator[Proxy]:
+    """A cuttable TCP proxy in front of the test PostgreSQL."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(pg_url)
+    p = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    yield p
+    p.close()

@@ -9,15 +9,11 @@ a torn spool tail is skipped; concurrent replayers never send a record twice.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from faults import Proxy
 
 from cost_middleware.batcher import Batcher
 from cost_middleware.config import Settings
@@ -36,103 +33,6 @@ from cost_middleware.storage import SQLSink, ensure_schema, make_engine
 from cost_middleware.usage.model import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Proxy:
-    """A loopback TCP forwarder to PostgreSQL. ``cut()`` resets every connection and refuses
-    new ones until ``restore()``; like a database restart or a network partition with RST."""
-
-    MAX_CONNECTIONS = 32
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port = int(self._listener.getsockname()[1])
-        self._up = True
-        self._closed = False
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
-        self._acceptor = threading.Thread(target=self._accept, daemon=True)
-        self._acceptor.start()
-
-    def url(self, database_url: str) -> str:
-        return str(sa.make_url(database_url).set(host="127.0.0.1", port=self.port))
-
-    def cut(self) -> None:
-        with self._lock:
-            self._up = False
-            for s in list(self._sockets):
-                _reset(s)
-            self._sockets.clear()
-
-    def restore(self) -> None:
-        with self._lock:
-            self._up = True
-
-    def close(self) -> None:
-        self._closed = True
-        self.cut()
-        self._acceptor.join(5)
-        self._listener.close()
-        for t in self._threads:
-            t.join(5)
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                if not self._up or len(self._sockets) >= 2 * self.MAX_CONNECTIONS:
-                    _reset(client)
-                    continue
-                try:
-                    upstream = socket.create_connection(self.target, timeout=5)
-                except OSError:
-                    _reset(client)
-                    continue
-                upstream.settimeout(None)
-                self._sockets |= {client, upstream}
-            self._threads = [t for t in self._threads if t.is_alive()]
-            for src, dst in ((client, upstream), (upstream, client)):
-                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
-                t.start()
-                self._threads.append(t)
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                for s in (src, dst):
-                    if s in self._sockets:
-                        self._sockets.discard(s)
-                        _reset(s)
-
-
-def _reset(s: socket.socket) -> None:
-    """Close with RST, as a vanished peer would (shutdown first: it wakes a blocked recv)."""
-    with contextlib.suppress(OSError):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    with contextlib.suppress(OSError):
-        s.shutdown(socket.SHUT_RDWR)
-    s.close()
-
-
-@pytest.fixture
-def proxy(pg_url: str) -> Iterator[Proxy]:
-    url = sa.make_url(pg_url)
-    p = Proxy((url.host or "127.0.0.1", url.port or 5432))
-    yield p
-    p.close()
 
 
 @pytest.fixture
