@@ -244,3 +244,12 @@ def proxy(pg_url: str) -> Iterator[Proxy]:
     p = Proxy((url.host or "127.0.0.1", url.port or 5432))
     yield p
     p.close()
+
+
+def catalog_cost(entry: dict[str, Any], usage: Any) -> Any:
+    """The cost the bundled catalog gives a fixture's usage (None: model not in it)."""
+    from cost_middleware.pricing.book import PriceBook
+    from cost_middleware.pricing.sources import CatalogFilePriceSource
+
+    book = PriceBook(CatalogFilePriceSource(str(ROOT / "cost_middleware" / "catalog.json")))
+    return book.cost(usage, entry["model"], entry["provider"])

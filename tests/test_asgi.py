@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from conftest import (
     assert_usage,
+    catalog_cost,
     expected_usage,
     fixture_bytes,
     fixture_chunks,
@@ -363,7 +364,7 @@ def test_records_are_stored_exactly(entry: dict[str, Any], db_url: str, tmp_path
     assert row["output_tokens"] == usage.output_tokens
     assert row["reasoning_tokens"] == usage.reasoning_tokens
     from cost_middleware.pricing.admin import list_prices  # noqa: F401 - the seeded catalog
-    book_cost = _catalog_cost(entry, usage)
+    book_cost = catalog_cost(entry, usage)
     assert row["cost_usd"] == book_cost
     if book_cost is not None:
         assert isinstance(row["cost_usd"], Decimal)
@@ -371,15 +372,6 @@ def test_records_are_stored_exactly(entry: dict[str, Any], db_url: str, tmp_path
     check = entry.get("cost_check")
     if check and book_cost is not None and _catalog_rates_match(entry, check):
         assert row["cost_usd"] == Decimal(str(check["cost_usd"]))
-
-
-def _catalog_cost(entry: dict[str, Any], usage: Any) -> Decimal | None:
-    from cost_middleware.pricing.book import PriceBook
-    from cost_middleware.pricing.sources import CatalogFilePriceSource
-
-    catalog = Path(__file__).resolve().parent.parent / "cost_middleware" / "catalog.json"
-    book = PriceBook(CatalogFilePriceSource(str(catalog)))
-    return book.cost(usage, entry["model"], entry["provider"])
 
 
 def _catalog_rates_match(entry: dict[str, Any], check: dict[str, Any]) -> bool:

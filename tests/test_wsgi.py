@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import assert_usage, expected_usage, fixture_bytes, load_expected, split_path
+from conftest import (
+    assert_usage,
+    catalog_cost,
+    expected_usage,
+    fixture_bytes,
+    load_expected,
+    split_path,
+)
 from flask import Flask, Response, request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -207,22 +214,26 @@ def test_request_body_reaches_the_app_unchanged(tmp_path: Path) -> None:
     assert records[0].model == entry["model"]
 
 
-def test_flask_app_end_to_end_into_sqlite_and_postgresql(db_url: str, tmp_path: Path) -> None:
-    entry = next(e for e in ENTRIES if e["file"] == "openai_chat_stream.sse")
+CORE = [e for e in ENTRIES if e["provider"] in ("openai", "anthropic") and e["status"] < 400]
+
+
+@pytest.mark.parametrize("entry", CORE, ids=[e["file"] for e in CORE])
+def test_flask_app_end_to_end_into_sqlite_and_postgresql(entry: dict[str, Any], db_url: str,
+                                                         tmp_path: Path) -> None:
     data = fixture_bytes(entry)
     flask_app = Flask(__name__)
 
-    @flask_app.post("/v1/chat/completions")
-    def chat() -> Response:
+    @flask_app.post(split_path(entry)[0])
+    def provider() -> Response:
         request.get_data()
         return Response((data[i:i + 97] for i in range(0, len(data), 97)),
-                        content_type="text/event-stream")
+                        content_type=entry["content_type"])
 
     mw = WSGICostMiddleware(flask_app.wsgi_app, Settings(
         statsd_enabled=False, database_url=db_url, spool_dir=str(tmp_path / "spool")))
     flask_app.wsgi_app = mw  # type: ignore[method-assign]
     client = flask_app.test_client()
-    reply = client.post("/v1/chat/completions", data=body_for(entry),
+    reply = client.post(split_path(entry)[0], data=body_for(entry),
                         headers={"x-tenant-id": "acme", "x-request-id": "w1"})
     assert reply.data == data
     mw.close()
@@ -231,11 +242,15 @@ def test_flask_app_end_to_end_into_sqlite_and_postgresql(db_url: str, tmp_path: 
         rows = conn.execute(sa.select(cost_records)).mappings().all()
     engine.dispose()
     assert len(rows) == 1
+    row = rows[0]
+    assert (row["request_id"], row["tenant"], row["model"]) == ("w1", "acme", entry["model"])
     usage = expected_usage(entry)
-    assert rows[0]["request_id"] == "w1" and rows[0]["tenant"] == "acme"
-    assert rows[0]["input_tokens"] == usage.input_tokens
-    assert rows[0]["output_tokens"] == usage.output_tokens
-    assert rows[0]["cost_usd"] is not None
+    if usage is None:
+        assert row["input_tokens"] is None and row["cost_usd"] is None
+        return
+    assert (row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]) == (
+        usage.input_tokens, usage.cached_input_tokens, usage.output_tokens)
+    assert row["cost_usd"] == catalog_cost(entry, usage)
 
 
 def test_non_provider_routes_are_returned_as_is(tmp_path: Path) -> None:
