@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    import wsgiref.types
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -12,18 +15,11 @@ Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
-WSGIEnviron: TypeAlias = dict[str, Any]
-
-
-class StartResponse(Protocol):
-    def __call__(
-        self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: ExcInfo | None = ...,
-        /,
-    ) -> Callable[[bytes], object]: ...
-
-
-WSGIApp: TypeAlias = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+# The standard library's WSGI types, so ``WSGICostMiddleware(app.wsgi_app)`` type-checks
+# against Flask and any other framework that uses them.
+ExcInfo: TypeAlias = (
+    "tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]"
+)
+WSGIEnviron: TypeAlias = "wsgiref.types.WSGIEnvironment"
+StartResponse: TypeAlias = "wsgiref.types.StartResponse"
+WSGIApp: TypeAlias = "wsgiref.types.WSGIApplication"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from time import perf_counter
 
@@ -12,6 +13,8 @@ from cost_middleware.config import Settings
 from cost_middleware.context import RequestContext, current_request
 from cost_middleware.tracker import CostTracker
 from cost_middleware.usage.base import Target
+
+log = logging.getLogger("cost_middleware")
 
 
 class CostMiddleware:
@@ -27,11 +30,16 @@ class CostMiddleware:
         self.app = app
         self.tracker = tracker if tracker is not None else CostTracker(settings)
         self.settings = self.tracker.settings
+        #: Without lifespan events nothing flushes the queue at shutdown but atexit, and
+        #: uvicorn re-raises SIGTERM after its graceful shutdown, which skips atexit.
+        self._lifespan_seen = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" and self.settings.enabled:
             started = perf_counter()
+            if not self._lifespan_seen:
+                self._warn_no_lifespan()
             tracker = self.tracker
             context = RequestContext(tracker, scope["method"], scope["path"], scope["headers"],
                                      started)
@@ -67,15 +75,18 @@ class CostMiddleware:
 
         async def send_observed(message: Message) -> None:
             nonlocal complete
-            await send(message)
-            kind = message["type"]
-            if kind == "http.response.body":
-                capture.response_body(message.get("body", b""))
-                if not message.get("more_body", False):
-                    complete = True
-                    capture.finish(True, _route(scope))
-            elif kind == "http.response.start":
-                capture.response_start(message["status"], _StrHeaders(message["headers"]))
+            try:
+                await send(message)
+            finally:
+                # Observed even when sending fails (client gone): the app produced it.
+                kind = message["type"]
+                if kind == "http.response.body":
+                    capture.response_body(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        complete = True
+                        capture.finish(True, _route(scope))
+                elif kind == "http.response.start":
+                    capture.response_start(message["status"], _StrHeaders(message["headers"]))
 
         try:
             await self.app(scope, receive, send_observed)
@@ -84,10 +95,20 @@ class CostMiddleware:
                 # The app raised, the client went away, or the body never ended.
                 capture.finish(False, _route(scope))
 
+    def _warn_no_lifespan(self) -> None:
+        self._lifespan_seen = True  # warn once
+        log.warning(
+            "cost_middleware: no ASGI lifespan startup was seen, so records still queued when "
+            "the server stops are only flushed by atexit, which uvicorn skips on SIGTERM. Run "
+            "the server with lifespan on (a mounted sub-app gets none: add the middleware to "
+            "the outer app), or call middleware.tracker.close() at shutdown."
+        )
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def receive_observed() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._lifespan_seen = True
                 if self.tracker.closed:
                     # A closed engine is never reused: a new lifespan gets a new one.
                     self.tracker = CostTracker(self.settings)

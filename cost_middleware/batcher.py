@@ -133,7 +133,7 @@ class Batcher:
         self._failures = 0
         self._retry_at = 0.0
         self._spool_dirty = self._spool is not None  # earlier processes may have left records
-        self._process_failed = self._tick_failed = self._written_failed = False
+        self._failed_hooks: set[str] = set()
 
     # -- request path ----------------------------------------------------------------------
 
@@ -423,36 +423,30 @@ class Batcher:
                       "records.dropped)", len(records), reason)
 
     def _run_process(self, batch: list[CostRecord]) -> None:
-        if self._process is None:
-            return
-        try:
-            self._process(batch)
-        except Exception as error:
-            if not self._process_failed:
-                self._process_failed = True
-                log.error("cost_middleware: processing a batch failed (%s); writing it "
-                          "unpriced", _describe(error))
+        self._call_hook(self._process, batch, "processing a batch failed (%s); writing it "
+                        "unpriced")
 
     def _run_written(self, batch: list[CostRecord]) -> None:
         """Tell the owner what reached the database (it counts totals there, once)."""
-        if self._written is None:
-            return
-        try:
-            self._written(batch)
-        except Exception as error:
-            if not self._written_failed:
-                self._written_failed = True
-                log.error("cost_middleware: the after-write hook failed (%s)", _describe(error))
+        self._call_hook(self._written, batch, "the after-write hook failed (%s)")
 
     def _call_tick(self) -> None:
-        if self._tick is None:
+        self._call_hook(self._tick, None, "the periodic tick failed (%s)")
+
+    def _call_hook(self, hook: Callable[..., None] | None, batch: list[CostRecord] | None,
+                   failure: str) -> None:
+        """Run an owner's hook; a failure is logged once per hook and never stops the worker."""
+        if hook is None:
             return
         try:
-            self._tick()
+            if batch is None:
+                hook()
+            else:
+                hook(batch)
         except Exception as error:
-            if not self._tick_failed:
-                self._tick_failed = True
-                log.error("cost_middleware: the periodic tick failed (%s)", _describe(error))
+            if failure not in self._failed_hooks:
+                self._failed_hooks.add(failure)
+                log.error("cost_middleware: " + failure, _describe(error))
 
 
 def _describe(error: BaseException) -> str:

@@ -20,7 +20,7 @@ log = logging.getLogger("cost_middleware")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 #: Distinct values per label dimension (tenant, model, provider, reason...) before ``other``.
 MAX_LABEL_VALUES = 200
-#: Timing samples kept per metric between flushes (the rest are only counted).
+#: Timing samples kept per metric between flushes; ``<name>.count`` carries the true number.
 MAX_TIMING_SAMPLES = 512
 MAX_LABEL_LENGTH = 64
 
@@ -45,6 +45,7 @@ class Metrics:
         self._timings: defaultdict[str, list[float]] = defaultdict(list)
         self._timing_counts: defaultdict[str, int] = defaultdict(int)
         self._labels: defaultdict[str, set[str]] = defaultdict(set)
+        self._label_cache: defaultdict[str, dict[str, str]] = defaultdict(dict)
         self._client: Any = None
         self._send_failed = False
 
@@ -52,14 +53,21 @@ class Metrics:
         """An untrusted value as a bounded-cardinality, sanitized name segment."""
         if not value:
             return "unknown"
+        known = self._label_cache[dimension]
+        try:
+            return known[value]
+        except KeyError:
+            pass
         clean = sanitize(value)
         seen = self._labels[dimension]
-        if clean in seen:
-            return clean
         with self._lock:
-            if len(seen) >= MAX_LABEL_VALUES:
-                return "other"
-            seen.add(clean)
+            if clean not in seen:
+                if len(seen) >= MAX_LABEL_VALUES:
+                    clean = "other"
+                else:
+                    seen.add(clean)
+            if len(known) < MAX_LABEL_VALUES * 4:  # raw spellings remembered, also bounded
+                known[value] = clean
         return clean
 
     def incr(self, name: str, value: float = 1) -> None:
@@ -113,8 +121,7 @@ class Metrics:
                 # and the true number of observations as a counter beside them.
                 for ms in samples:
                     pipe.timing(name, ms)
-                if counts[name] > len(samples):
-                    pipe.incr(f"{name}.count", counts[name])
+                pipe.incr(f"{name}.count", counts[name])
             pipe.send()
             self._send_failed = False
         except Exception as exc:  # a dead StatsD must never matter

@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("cost_middleware")
 
 _MICRO = Decimal(1_000_000)
-_TOKEN_KINDS = ("input_tokens", "cached_input_tokens", "cache_write_input_tokens",
-                "output_tokens", "reasoning_tokens")
+_ZERO = Decimal(0)
+_TOKEN_KINDS = tuple((name.removesuffix("_tokens"), name) for name in (
+    "input_tokens", "cached_input_tokens", "cache_write_input_tokens", "output_tokens",
+    "reasoning_tokens"))
 
 
 class CostTracker:
@@ -61,6 +63,8 @@ class CostTracker:
         self._engine: Engine | None = None
         self._sync: PriceSync | None = None
         self._setup_lock = threading.Lock()
+        #: Fractions of a micro-dollar not yet sent, per provider.model (writer thread only).
+        self._cost_carry: dict[tuple[str, str], Decimal] = {}
         self.batcher = Batcher(
             self._make_sink,
             self.settings,
@@ -70,6 +74,11 @@ class CostTracker:
             tick=self.metrics.flush,
             spool=Spool(self.settings.spool_dir, self.metrics),
         )
+        if self.settings.redis_url:
+            # Imported now: the first pricing may run at interpreter exit, when redis's own
+            # imports can no longer register their atexit hooks.
+            import cost_middleware.pricing.redis_tier
+            import cost_middleware.pricing.sync  # noqa: F401
         _register_atexit(self)
 
     # -- request path -------------------------------------------------------------------
@@ -162,19 +171,33 @@ class CostTracker:
         self.price_book.price_many(records)
 
     def _count_totals(self, records: Sequence[CostRecord]) -> None:
+        """Cost (micro-dollars) and tokens per provider and model, summed per batch.
+
+        The fraction of a micro-dollar a batch leaves over is carried to the next, so the
+        counter's total matches the ledger instead of drifting low.
+        """
         metrics = self.metrics
+        costs: dict[tuple[str, str], Decimal] = {}
+        tokens: dict[tuple[str, str, str], int] = {}
         for r in records:
-            provider = metrics.label("provider", r.provider)
-            model = metrics.label("model", r.model)
+            key = (metrics.label("provider", r.provider), metrics.label("model", r.model))
             if r.cost_usd is not None:
-                metrics.incr(f"cost.{provider}.{model}", int(r.cost_usd * _MICRO))
+                costs[key] = costs.get(key, _ZERO) + r.cost_usd
             usage = r.usage
-            if usage is None:
-                continue
-            for kind in _TOKEN_KINDS:
-                value = getattr(usage, kind)
-                if value:
-                    metrics.incr(f"tokens.{kind.removesuffix('_tokens')}.{provider}.{model}", value)
+            if usage is not None:
+                for kind, attribute in _TOKEN_KINDS:
+                    value = getattr(usage, attribute)
+                    if value:
+                        tokens[(kind, *key)] = tokens.get((kind, *key), 0) + value
+        carry = self._cost_carry
+        for (provider, model), usd in costs.items():
+            micro = usd * _MICRO + carry.get((provider, model), _ZERO)
+            whole = int(micro)
+            carry[provider, model] = micro - whole
+            if whole:
+                metrics.incr(f"cost.{provider}.{model}", whole)
+        for (kind, provider, model), value in tokens.items():
+            metrics.incr(f"tokens.{kind}.{provider}.{model}", value)
 
 
 _live: weakref.WeakSet[CostTracker] = weakref.WeakSet()

@@ -64,7 +64,7 @@ class WSGICostMiddleware:
 
 def _observe_start(start_response: StartResponse, capture: Capture) -> StartResponse:
     def start(
-        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
     ) -> Callable[[bytes], object]:
         write = start_response(status, headers, exc_info)
         code = int(status[:3]) if status[:3].isdigit() else 0
@@ -95,9 +95,12 @@ def _observe_body(
                 break
             finally:
                 current_request.reset(token)
-            # Yield first: the server writes the chunk before we look at it.
-            yield chunk
-            capture.response_body(chunk)
+            # Yield first: the server writes the chunk before we look at it. The app produced
+            # it even if the write fails (client gone), so it is observed either way.
+            try:
+                yield chunk
+            finally:
+                capture.response_body(chunk)
         complete = True
     finally:
         try:

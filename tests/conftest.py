@@ -253,3 +253,14 @@ def catalog_cost(entry: dict[str, Any], usage: Any) -> Any:
 
     book = PriceBook(CatalogFilePriceSource(str(ROOT / "cost_middleware" / "catalog.json")))
     return book.cost(usage, entry["model"], entry["provider"])
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Any]:
+    """An engine on :func:`db_url` (SQLite and PostgreSQL) with our tables created."""
+    from cost_middleware.storage import ensure_schema, make_engine
+
+    eng = make_engine(db_url)
+    ensure_schema(eng)
+    yield eng
+    eng.dispose()

@@ -473,3 +473,27 @@ def test_unknown_encoding_is_skipped_and_counted(tmp_path: Path) -> None:
     assert records == []
     assert mw.tracker.metrics.snapshot()["counters"]["skipped.unsupported_encoding"] == 1
     mw.tracker.metrics.close()
+
+
+def test_a_body_the_server_could_not_send_is_still_recorded(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    data = fixture_bytes(entry)
+    mw, records = collecting(ReplayApp([data]), tmp_path)
+
+    async def run() -> None:
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                 "raw_path": b"/v1/chat/completions", "query_string": b"", "headers": []}
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"{}"}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                raise OSError("client disconnected")
+
+        with pytest.raises(OSError):
+            await mw(scope, receive, send)
+
+    asyncio.run(run())
+    assert len(records) == 1
+    assert_usage(records[0].usage, entry)

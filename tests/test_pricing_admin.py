@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,20 +23,10 @@ from cost_middleware.pricing.book import PriceBook
 from cost_middleware.pricing.catalog import bundled_prices
 from cost_middleware.pricing.price import PriceError
 from cost_middleware.pricing.sql_source import SQLPriceSource
-from cost_middleware.schema import cost_records, metadata, model_prices
+from cost_middleware.schema import cost_records, model_prices
 
 D = Decimal
 JAN = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    eng = sa.create_engine(db_url)
-    metadata.create_all(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def versions(engine: sa.Engine) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,16 +24,6 @@ from cost_middleware.usage.model import Usage
 
 D = Decimal
 USAGE = Usage(input_tokens=100_000, output_tokens=100_000)  # below every long-context tier
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    eng = sa.create_engine(db_url)
-    metadata.create_all(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def statements(engine: sa.Engine) -> list[str]:

@@ -37,14 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = make_engine(db_url)
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def sink(engine: sa.Engine) -> Iterator[SQLSink]:
     sink = SQLSink(engine)
     yield sink

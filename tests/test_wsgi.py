@@ -263,3 +263,16 @@ def test_non_provider_routes_are_returned_as_is(tmp_path: Path) -> None:
     mw, records = collecting(app, tmp_path)
     assert mw(environ_for({"path": "/health"}), lambda s, h, e=None: None) is sentinel
     assert records == []
+
+
+def test_a_body_the_server_could_not_write_is_still_recorded(tmp_path: Path) -> None:
+    """gunicorn closes the iterable when the client is gone; the app's answer still cost."""
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    data = fixture_bytes(entry)
+    mw, records = collecting(replay_app([data], "200 OK", "application/json"), tmp_path)
+    result = mw(environ_for(entry), lambda s, h, e=None: (lambda d: None))
+    iterator = iter(result)
+    assert next(iterator) == data
+    result.close()  # type: ignore[attr-defined]  # the write of that chunk failed
+    assert len(records) == 1
+    assert_usage(records[0].usage, entry)

@@ -1,0 +1,1 @@
+"""Servers, wrk script and StatsD sink for ``benchmarks/loadtest.py``."""
