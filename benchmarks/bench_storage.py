@@ -1,86 +1,166 @@
-"""Storage benchmarks: sustained writes into SQLite and PostgreSQL, spool replay, backlog RSS.
+"""Storage: sustained writes into SQLite and PostgreSQL, spool replay, memory under a backlog.
 
-    python benchmarks/bench_storage.py [--records N] [--backlog N] [--pg URL] [--quick]
+Writes: ``SQLSink.write`` (record to row included) on a fresh ``cost_records``, in alternating
+rounds with the baseline: the same records, turned into rows before the clock starts, written
+by the bare driver into a table of the same columns without keys or indexes (``sqlite3``
+``executemany``; psycopg 3 binary ``COPY``), over the same engine's connection and batch size.
 
-Target (DESIGN): >= 100,000 records/s into PostgreSQL and into SQLite from one process.
-Each write figure is ``SQLSink.write`` on a fresh table (record to row included), at batch
-500 and 5000, with the record ids ``records.new_record_id`` makes and with time-ordered ids
-(which keep B-tree inserts local). The backlog part submits ``--backlog`` records to a
-``Batcher`` whose database is down, in a child process, and reports its peak RSS (bounded by
-QUEUE_SIZE, not by the backlog) and the spool size, then replays the spool into each
-database. PostgreSQL runs in a database this script creates and drops (admin URL from
---pg, ``COST_MIDDLEWARE_TEST_PG`` or ``postgresql+psycopg://postgres@127.0.0.1:5432/test``).
+Backlog: a child process submits records to a ``Batcher`` whose database is down and reports
+its peak RSS; the baseline is the same with half the backlog (both ten or more times
+``QUEUE_SIZE``), so a ratio near 1 means memory is bounded by the queue, not by the backlog.
+Part of the spool it leaves is then replayed into each database (baseline: ``SQLSink.write`` at
+the replay's chunk size).
+PostgreSQL runs in a database created and dropped here (admin URL from
+``COST_MIDDLEWARE_TEST_PG``).
+
+    python benchmarks/bench_storage.py [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import resource
-import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
+from common import NO_POSTGRES, Result, interleave, postgres_database, standalone
 
 from cost_middleware.batcher import Batcher
 from cost_middleware.config import Settings
 from cost_middleware.metrics import Metrics
-from cost_middleware.records import CostRecord, new_record_id
-from cost_middleware.schema import metadata
-from cost_middleware.spool import Spool
-from cost_middleware.storage import SQLSink, ensure_schema, make_engine
+from cost_middleware.records import CostRecord
+from cost_middleware.schema import cost_records
+from cost_middleware.spool import REPLAY_CHUNK, Spool
+from cost_middleware.storage import SQLSink, ensure_schema, make_engine, record_row
 from cost_middleware.usage.model import Usage
 
-PG_ADMIN_URL = os.environ.get("COST_MIDDLEWARE_TEST_PG",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+WRITE_LIMIT = 100_000
+#: Peak RSS with the full backlog over peak RSS with half of it.
+RSS_FACTOR = 1.25
+BATCHES = (Settings().batch_size, REPLAY_CHUNK)
 USAGE = Usage(input_tokens=18_648, output_tokens=512, cached_input_tokens=12_400,
               cache_write_input_tokens=6_200, cache_write_5m_input_tokens=2_200,
               cache_write_1h_input_tokens=4_000, reasoning_tokens=128)
 
 
-def time_ordered_id() -> str:
-    """48 bits of milliseconds then 80 random bits, as hex (the UUIDv7 layout)."""
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
-
-
-def make_records(n: int, ids: Callable[[], str]) -> list[CostRecord]:
+def make_records(n: int) -> list[CostRecord]:
     tenants = [f"tenant-{i}" for i in range(50)]
     return [CostRecord(provider="anthropic", api="messages", model="claude-sonnet-4-5",
                        usage=USAGE, tenant=tenants[i % 50], request_id=f"req-{i}",
                        method="POST", route="/v1/messages", status_code=200, streamed=True,
-                       latency_ms=812.5, cost_usd=Decimal("0.072345678912"), price_version=7,
-                       record_id=ids())
+                       latency_ms=812.5, cost_usd=Decimal("0.072345678912"), price_version=7)
             for i in range(n)]
 
 
-def write_rate(engine: sa.Engine, records: Sequence[CostRecord], batch: int) -> float:
-    metadata.drop_all(engine)
+# -- sustained writes ------------------------------------------------------------------------
+
+
+class BareTable:
+    """``cost_records``' columns without keys or indexes, filled by the bare driver."""
+
+    NAME = "bench_bare"
+
+    def __init__(self, engine: sa.Engine, records: Sequence[CostRecord]) -> None:
+        self._engine = engine
+        self._table = sa.Table(self.NAME, sa.MetaData(),
+                               *(sa.Column(c.name, c.type) for c in cost_records.columns))
+        dialect = engine.dialect
+        # The values as the driver takes them (pico-dollar integers and datetime text on
+        # SQLite), converted before any clock starts.
+        processors = [c.type.dialect_impl(dialect).bind_processor(dialect)
+                      for c in self._table.columns]
+        self.rows = [tuple(v if p is None or v is None else p(v)
+                           for p, v in zip(processors, record_row(r).values(), strict=True))
+                     for r in records]
+        names = ", ".join(c.name for c in self._table.columns)
+        self._copy = f"COPY {self.NAME} ({names}) FROM STDIN (FORMAT BINARY)"
+        marks = ", ".join("?" for _ in self._table.columns)
+        self._insert = f"INSERT INTO {self.NAME} ({names}) VALUES ({marks})"
+
+    def write_rate(self, batch: int) -> float:
+        self._table.drop(self._engine, checkfirst=True)
+        self._table.create(self._engine)
+        fairy = self._engine.raw_connection()
+        conn = fairy.driver_connection
+        try:
+            write = self._copy_batch if self._engine.dialect.name == "postgresql" \
+                else self._insert_batch
+            types = self._copy_types(conn) if self._engine.dialect.name == "postgresql" else []
+            write(conn, self.rows[:batch], types)  # warm up outside the clock, as for ours
+            started = time.perf_counter()
+            for i in range(batch, len(self.rows), batch):
+                write(conn, self.rows[i:i + batch], types)
+            return (len(self.rows) - batch) / (time.perf_counter() - started)
+        finally:
+            fairy.close()
+
+    def _insert_batch(self, conn: Any, rows: Sequence[tuple[Any, ...]], _types: list[int]) -> None:
+        conn.executemany(self._insert, rows)
+        conn.commit()
+
+    def _copy_batch(self, conn: Any, rows: Sequence[tuple[Any, ...]], types: list[int]) -> None:
+        with conn.cursor() as cursor, cursor.copy(self._copy) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+
+    def _copy_types(self, conn: Any) -> list[int]:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = "
+                           "%s::regclass AND attnum > 0 AND NOT attisdropped", (self.NAME,))
+            oids = dict(cursor.fetchall())
+        conn.commit()
+        return [int(oids[c.name]) for c in self._table.columns]
+
+
+def sink_rate(engine: sa.Engine, records: Sequence[CostRecord], batch: int) -> float:
+    cost_records.drop(engine, checkfirst=True)
     ensure_schema(engine)
     sink = SQLSink(engine)
-    sink.write(records[:batch])  # connect and warm up outside the clock
-    started = time.perf_counter()
-    for i in range(batch, len(records), batch):
-        sink.write(records[i:i + batch])
-    elapsed = time.perf_counter() - started
-    sink.close()
-    return (len(records) - batch) / elapsed
+    try:
+        sink.write(records[:batch])  # connect and warm up outside the clock
+        started = time.perf_counter()
+        for i in range(batch, len(records), batch):
+            sink.write(records[i:i + batch])
+        return (len(records) - batch) / (time.perf_counter() - started)
+    finally:
+        sink.close()
 
 
-def bench_writes(name: str, engine: sa.Engine, n: int) -> None:
-    for label, ids in (("default ids", new_record_id), ("time-ordered ids", time_ordered_id)):
-        records = make_records(n, ids)
-        for batch in (500, 5000):
-            rate = write_rate(engine, records, batch)
-            print(f"  {name:<10} write  batch {batch:>5}  {label:<17} {rate:>10,.0f} records/s")
+def bench_writes(backend: str, url: str, n: int, quick: bool) -> list[Result]:
+    engine = make_engine(url)
+    records = make_records(n)
+    bare = BareTable(engine, records)
+    driver = "psycopg binary COPY" if engine.dialect.name == "postgresql" \
+        else "sqlite3 executemany"
+    results = []
+    try:
+        for batch in BATCHES:
+            samplers = {"ours": partial(sink_rate, engine, records, batch),
+                        "bare": partial(bare.write_rate, batch)}
+            best = {k: max(v) for k, v in interleave(samplers, 2 if quick else 3).items()}
+            results.append(Result(
+                f"SQLSink.write, {backend}, batch {batch:,}", best["ours"], "records/s",
+                f"{driver}, bare table", best["bare"], f"≥ {WRITE_LIMIT:,}/s",
+                best["ours"] >= WRITE_LIMIT,
+                f"{n:,} records per round; ours: unique key, 2 indexes, rows built in the clock"))
+    finally:
+        engine.dispose()
+    return results
+
+
+# -- backlog and replay ----------------------------------------------------------------------
 
 
 def peak_rss_kb() -> int:
@@ -92,99 +172,109 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def backlog_child(spool_dir: str, n: int) -> None:
+def backlog_child(spool_dir: str, n: int, queue_size: int) -> None:
     """Submit ``n`` records while the database is down; print peak RSS and timings."""
-    settings = Settings(statsd_enabled=False)
+    settings = Settings(statsd_enabled=False, queue_size=queue_size)
 
     def down() -> SQLSink:
         raise ConnectionError("database down")
 
-    baseline = peak_rss_kb()
+    after_imports = peak_rss_kb()
     batcher = Batcher(down, settings, Metrics(settings), spool=Spool(spool_dir))
     started = time.perf_counter()
     for i in range(n):
         batcher.submit(CostRecord(provider="anthropic", api="messages", model="claude",
                                   usage=USAGE, tenant=f"t{i % 50}", route="/v1/messages",
                                   status_code=200, latency_ms=800.0))
-    submitted = time.perf_counter() - started
     batcher.close(timeout=600)
-    total = time.perf_counter() - started
-    print(json.dumps({"baseline_kb": baseline, "peak_kb": peak_rss_kb(),
-                      "submit_s": submitted, "total_s": total}))
+    print(json.dumps({"after_imports_kb": after_imports, "peak_kb": peak_rss_kb(),
+                      "seconds": time.perf_counter() - started}))
 
 
-def bench_backlog(n: int, urls: dict[str, str]) -> None:
-    with tempfile.TemporaryDirectory() as directory:
-        spool_dir = str(Path(directory) / "spool")
-        done = subprocess.run([sys.executable, __file__, "--backlog-child", spool_dir, str(n)],
-                              capture_output=True, text=True, check=True)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        status = Spool(spool_dir).status()
-        print(f"  backlog of {n:,} records while the database is down "
-              f"(QUEUE_SIZE {Settings().queue_size:,}):")
-        print(f"    peak RSS {result['peak_kb'] / 1024:,.0f} MB "
-              f"(after imports {result['baseline_kb'] / 1024:,.0f} MB); spooled "
-              f"{status.records:,} records in {status.files} file(s), "
-              f"{status.bytes / 1e6:,.0f} MB, at {n / result['total_s']:,.0f} records/s")
-        for name, url in urls.items():
-            copy = Path(directory) / f"copy-{name}"
-            subprocess.run(["cp", "-r", spool_dir, str(copy)], check=True)
-            engine = make_engine(url)
-            metadata.drop_all(engine)
-            ensure_schema(engine)
-            sink = SQLSink(engine)
-            started = time.perf_counter()
-            replayed = Spool(str(copy)).replay(sink)
-            elapsed = time.perf_counter() - started
-            sink.close()
-            engine.dispose()
-            print(f"    replay into {name:<10} {replayed / elapsed:>10,.0f} records/s "
-                  f"({replayed:,} in {elapsed:.1f} s)")
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    records: int
+    peak_mb: float
+    after_imports_mb: float
+    seconds: float
 
 
-@contextmanager
-def postgres_database(admin_url: str) -> Iterator[str | None]:
+def run_backlog(spool_dir: str, n: int, queue_size: int) -> Backlog:
+    done = subprocess.run([sys.executable, __file__, "--backlog-child", spool_dir, str(n),
+                           str(queue_size)], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return Backlog(n, result["peak_kb"] / 1024, result["after_imports_kb"] / 1024,
+                   result["seconds"])
+
+
+def bench_backlog(directory: Path, n: int, queue_size: int) -> tuple[Result, str]:
+    """The RSS row, and the spool directory the full backlog left."""
+    half = run_backlog(str(directory / "half"), n // 2, queue_size)
+    spool_dir = str(directory / "spool")
+    full = run_backlog(spool_dir, n, queue_size)
+    status = Spool(spool_dir).status()
+    return Result(
+        f"peak RSS, backlog of {n:,} records, database down", full.peak_mb, "MB",
+        f"backlog of {half.records:,}", half.peak_mb,
+        f"≤ {RSS_FACTOR:g}x: bounded by QUEUE_SIZE", full.peak_mb <= half.peak_mb * RSS_FACTOR,
+        f"QUEUE_SIZE {queue_size:,}; {full.after_imports_mb:.0f} MB after imports; spooled "
+        f"{status.records:,} records ({status.bytes / 1e6:.0f} MB) at "
+        f"{n / full.seconds:,.0f}/s"), spool_dir
+
+
+def bench_replay(backend: str, url: str, spool_dir: str, copy_to: Path, records: int,
+                 write_rate: float) -> Result:
+    shutil.copytree(spool_dir, copy_to)
+    engine = make_engine(url)
+    cost_records.drop(engine, checkfirst=True)
+    ensure_schema(engine)
+    sink = SQLSink(engine)
     try:
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect():
-            pass
-    except Exception as error:
-        print(f"  postgresql skipped: {type(error).__name__}")
-        yield None
-        return
-    db = f"cm_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{db}"
+        started = time.perf_counter()
+        replayed = Spool(str(copy_to)).replay(sink, max_records=records)
+        elapsed = time.perf_counter() - started
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        admin.dispose()
+        sink.close()
+        engine.dispose()
+    return Result(f"spool replay into {backend}", replayed / elapsed, "records/s",
+                  f"SQLSink.write, batch {REPLAY_CHUNK:,} (above)", write_rate,
+                  notes=f"{replayed:,} records in {elapsed:.1f} s, decoding included")
+
+
+def run(quick: bool) -> list[Result]:
+    n, backlog, replayed = (20_000, 100_000, 40_000) if quick else (100_000, 1_000_000, 200_000)
+    # Quick mode keeps the backlog ten times the queue with a smaller queue.
+    queue_size = 10_000 if quick else Settings().queue_size
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp, postgres_database() as pg_url:
+        directory = Path(tmp)
+        urls = {"SQLite": f"sqlite:///{directory / 'bench.db'}", "PostgreSQL": pg_url}
+        chunk_rates: dict[str, float] = {}
+        for backend, url in urls.items():
+            if url is None:
+                results += [Result.skipped(f"SQLSink.write, {backend}, batch {b:,}",
+                                           "records/s", NO_POSTGRES) for b in BATCHES]
+                continue
+            rows = bench_writes(backend, url, n, quick)
+            chunk_rates[backend] = rows[BATCHES.index(REPLAY_CHUNK)].value or 0.0
+            results += rows
+        rss, spool_dir = bench_backlog(directory, backlog, queue_size)
+        results.append(rss)
+        for backend, url in urls.items():
+            if url is None:
+                results.append(Result.skipped(f"spool replay into {backend}", "records/s",
+                                              NO_POSTGRES))
+            else:
+                results.append(bench_replay(backend, url, spool_dir, directory / backend,
+                                            replayed, chunk_rates[backend]))
+    return results
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--backlog-child":
-        backlog_child(sys.argv[2], int(sys.argv[3]))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=100_000, help="records per write run")
-    parser.add_argument("--backlog", type=int, default=1_000_000, help="records spooled")
-    parser.add_argument("--pg", default=PG_ADMIN_URL, help="PostgreSQL admin URL")
-    parser.add_argument("--quick", action="store_true", help="20,000 records, 100,000 backlog")
-    args = parser.parse_args()
-    records, backlog = (20_000, 100_000) if args.quick else (args.records, args.backlog)
-    with tempfile.TemporaryDirectory() as directory, postgres_database(args.pg) as pg_url:
-        urls = {"sqlite": f"sqlite:///{directory}/bench.db"}
-        if pg_url is not None:
-            urls["postgresql"] = pg_url
-        print(f"sustained writes ({records:,} records per run; target >= 100,000/s):")
-        for name, url in urls.items():
-            engine = make_engine(url)
-            bench_writes(name, engine, records)
-            engine.dispose()
-        print("spool:")
-        bench_backlog(backlog, urls)
+    if len(sys.argv) == 5 and sys.argv[1] == "--backlog-child":
+        backlog_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        standalone(run, "storage: sustained writes, spool replay and backlog memory")
 
 
 if __name__ == "__main__":

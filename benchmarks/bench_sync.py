@@ -1,31 +1,35 @@
 """How fast a price change reaches every process, per sync channel.
 
-Run: ``python benchmarks/bench_sync.py [--processes 4] [--changes 200]``. Starts private
-redis-servers, spawns worker processes that each run a PriceSync on a book that reports every
-eviction with its time, then makes changes from this process with ``notify_change`` and measures,
-for each change and worker, the time until that worker's book dropped the entry. Channels:
+Run: ``python benchmarks/bench_sync.py [--quick]``. Starts private redis-servers, spawns
+worker processes that each run a PriceSync on a book that reports every eviction with its time,
+then makes changes from this process with ``notify_change`` and measures, for each change and
+worker, the time until that worker's book dropped the entry. Channels:
 ``keyspace`` (the default user; the flags get merged in), ``tracking`` (an ACL user without
 CONFIG, notifications off), and as the baseline a bare redis-py pub/sub subscriber per process
-receiving the same keyspace events with nothing of ours in the way.
+receiving the same keyspace events with nothing of ours in the way. The three runs alternate
+(twice in full mode) and each figure pools every change seen by every process.
 
 tests/test_sync.py uses :func:`measure` for its multi-process cases.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import multiprocessing
 import queue
+import shutil
 import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
 import redis
+from common import Result, interleave, percentile, standalone
 
 from cost_middleware.pricing.sync import DOWN, PREFIX, PriceSync, notify_change
 
@@ -34,6 +38,8 @@ READY = "ready"
 POLL_INTERVAL = 60.0
 #: A change not seen within this long counts as lost (latency inf).
 SEEN_TIMEOUT = 2.0
+PROCESSES = 4
+LIMIT_MS = 50.0
 
 
 class ReportingBook:
@@ -148,12 +154,6 @@ def acl_user_url(url: str, *denied: str) -> str:
     return url.replace("redis://", "redis://limited:pw@")
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
 def describe(name: str, result: Propagation) -> str:
     every = result.all()
     rows = [f"{name:<13} {sorted(set(result.channels))!s:<14} {len(result.latencies):>5} "
@@ -165,44 +165,51 @@ def describe(name: str, result: Propagation) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--changes", type=int, default=200)
-    args = parser.parse_args()
+def run(quick: bool) -> list[Result]:
+    names = ("keyspace", "tracking")
+    if shutil.which("redis-server") is None:
+        return [Result.skipped(f"price change seen by {PROCESSES} processes, {name}: p{q}",
+                               "ms", "redis-server not found") for name in names for q in (50, 99)]
     # The tests' private-server helper: a redis-server on a free port.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import RedisServer
+    redis_server: Any = importlib.import_module("conftest").RedisServer
 
-    print(f"{'run':<13} {'channel':<14} {'procs':>5} {'samples':>7} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'max ms':>8}")
+    changes = 50 if quick else 100
     with tempfile.TemporaryDirectory() as tmp:
-        results: dict[str, Propagation] = {}
-        server = RedisServer(Path(tmp))
-        server.start()
+        # Tracking needs a server whose notification flags nobody merged in.
+        servers = [redis_server(Path(tmp)), redis_server(Path(tmp))]
+        for server in servers:
+            server.start()
+        keyspace_url, tracking_server = servers[0].url, servers[1]
         try:
-            results["keyspace"] = measure(server.url, processes=args.processes,
-                                          changes=args.changes)
-            # Same server, flags now merged: the same events with nothing of ours in the way.
-            results["baseline"] = measure(server.url, processes=args.processes,
-                                          changes=args.changes, bare=True)
+            tracking_url = acl_user_url(tracking_server.url)
+            rounds = interleave({
+                "keyspace": partial(measure, keyspace_url, processes=PROCESSES, changes=changes),
+                # The same server, flags merged by then: the same events, nothing of ours.
+                "bare": partial(measure, keyspace_url, processes=PROCESSES, changes=changes,
+                                bare=True),
+                "tracking": partial(measure, tracking_url, processes=PROCESSES, changes=changes,
+                                    notify_url=tracking_server.url),
+            }, 1 if quick else 2)
         finally:
-            server.stop()
-        server = RedisServer(Path(tmp))
-        server.start()
-        try:
-            results["tracking"] = measure(acl_user_url(server.url), processes=args.processes,
-                                          changes=args.changes, notify_url=server.url)
-        finally:
-            server.stop()
-        for name, result in results.items():
-            print(describe(name, result))
-        base = percentile(results["baseline"].all(), 50)
-        for name in ("keyspace", "tracking"):
-            every = results[name].all()
-            print(f"{name}: p50 {percentile(every, 50) / base:.2f}x the bare pub/sub p50, "
-                  f"p99 {percentile(every, 99) * 1e3:.3f} ms against a 50 ms target")
+            for server in servers:
+                server.stop()
+    samples = {k: [x for r in runs for x in r.all()] for k, runs in rounds.items()}
+    results = []
+    for name in names:
+        channels = sorted({c for r in rounds[name] for c in r.channels})
+        lost = sum(1 for x in samples[name] if x == float("inf"))
+        for q in (50, 99):
+            value = percentile(samples[name], q) * 1e3
+            results.append(Result(
+                f"price change seen by {PROCESSES} processes, {name}: p{q}", value, "ms",
+                f"bare redis-py pub/sub: p{q}", percentile(samples["bare"], q) * 1e3,
+                f"p99 ≤ {LIMIT_MS:g} ms" if q == 99 else "",
+                value <= LIMIT_MS if q == 99 else None,
+                f"channel live: {', '.join(channels)}; {len(samples[name])} samples, "
+                f"{lost} lost; max {max(samples[name]) * 1e3:.1f} ms"))
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    standalone(run, "sync: how fast a price change reaches every process")

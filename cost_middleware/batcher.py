@@ -24,9 +24,9 @@ Only a failing disk (or running without a spool) loses records; they are counted
 Lifecycle: every live batcher is closed by one ``atexit`` hook. No signal handler is
 installed: gunicorn turns SIGTERM into a graceful exit that runs ``atexit``; uvicorn runs the
 ASGI lifespan shutdown (where the middleware closes the engine) and then re-raises SIGTERM,
-which skips ``atexit``, so under uvicorn lifespan must be on. After ``fork`` the child gets an empty queue, new locks
-and no thread (started again at its first record); the parent's queued records stay the
-parent's, so none is written twice.
+which skips ``atexit``, so under uvicorn lifespan must be on. After ``fork`` the child gets
+an empty queue, new locks and no thread (started again at its first record); the parent's
+queued records stay the parent's, so none is written twice.
 """
 
 from __future__ import annotations

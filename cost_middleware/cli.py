@@ -27,6 +27,10 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Everything after "bench" belongs to the benchmark runner, options included.
+        return run_benchmarks(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     # Piped output (reports into files, CI logs) gets room for full model names.
@@ -104,9 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("replay")
     p.set_defaults(run=cmd_spool_replay)
 
-    p = sub.add_parser("bench", help="run the benchmarks (from a source checkout)")
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(run=cmd_bench)
+    sub.add_parser("bench", help="run the benchmarks (from a source checkout); "
+                   "arguments go to benchmarks/run.py")
     return parser
 
 
@@ -324,12 +327,17 @@ def cmd_spool_replay(args: argparse.Namespace, settings: Settings, console: Cons
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+def run_benchmarks(args: list[str]) -> int:
     import runpy
 
     script = Path.cwd() / "benchmarks" / "run.py"
     if not script.exists():
-        raise UsageError("benchmarks/run.py not found: run this from a source checkout")
-    sys.argv = [str(script), *args.args]
-    runpy.run_path(str(script), run_name="__main__")
+        Console(stderr=True).print("[red]error:[/] benchmarks/run.py not found: run this from "
+                                   "a source checkout")
+        return 2
+    sys.argv = [str(script), *args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as done:
+        return int(done.code or 0)
     return 0
