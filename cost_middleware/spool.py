@@ -41,14 +41,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
-from cost_middleware.storage import Sink
 from cost_middleware.usage.model import Usage
+
+if TYPE_CHECKING:
+    # Only for annotations: storage pulls in SQLAlchemy, which the request path never needs.
+    from cost_middleware.storage import Sink
 
 log = logging.getLogger("cost_middleware")
 

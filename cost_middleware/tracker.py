@@ -24,7 +24,6 @@ from cost_middleware.guard import Guard
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
 from cost_middleware.spool import Spool
-from cost_middleware.storage import Sink, SQLSink, ensure_schema, make_engine
 from cost_middleware.usage.base import Target
 
 if TYPE_CHECKING:
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
 
     from cost_middleware.pricing.book import PriceBook
     from cost_middleware.pricing.sync import PriceSync
+    from cost_middleware.storage import Sink
 
 log = logging.getLogger("cost_middleware")
 
@@ -139,6 +139,9 @@ class CostTracker:
         """The SQLAlchemy engine for records and prices, created (with the tables) on first use."""
         with self._setup_lock:
             if self._engine is None:
+                # SQLAlchemy is loaded here, in the background, not at import.
+                from cost_middleware.storage import ensure_schema, make_engine
+
                 engine = make_engine(self.settings.database_url)
                 ensure_schema(engine)
                 from cost_middleware.pricing.admin import ensure_seeded
@@ -164,6 +167,8 @@ class CostTracker:
 
     def _make_sink(self) -> Sink:
         if self._sink is None:
+            from cost_middleware.storage import SQLSink
+
             self._sink = SQLSink(self.engine)
         return self._sink
 
