@@ -23,6 +23,7 @@ from cost_middleware.decoders import (
     JSONArrayDecoder,
     NDJSONDecoder,
     SSEDecoder,
+    SSETail,
 )
 from cost_middleware.decompress import BROTLI_AVAILABLE, make_decompressor
 
@@ -96,8 +97,22 @@ def inflate_all(coding: str, reads: list[bytes]) -> Callable[[], int]:
     return run
 
 
-def report(label: str, run: Callable[[], int], body_len: int, loops: int) -> None:
-    events = run()
+def tail_all(reads: list[bytes]) -> Callable[[], int]:
+    """An OpenAI-style stream kept as a raw tail, its last 8 events decoded at the end."""
+
+    def run() -> int:
+        tail = SSETail(b"\n\n", 8)
+        for read in reads:
+            tail.feed(read)
+        return len(tail.events())
+
+    return run
+
+
+def report(label: str, run: Callable[[], int], body_len: int, loops: int,
+           events: int | None = None) -> None:
+    """``events``: the stream's events, when ``run`` returns only those it kept."""
+    events = events or run()
     seconds = best_of(run, loops)
     print(f"{label:<46} {events:>4} events {seconds * 1e6:8.1f} µs/stream "
           f"{seconds * 1e6 / events:6.3f} µs/event {seconds * 1e9 / body_len:6.2f} ns/byte")
@@ -135,9 +150,19 @@ def main() -> None:
     report("SSE openai, one event per read, CRLF",
            decode_all(SSEDecoder, [b"data: " + p + b"\r\n\r\n" for p in payloads]),
            len(sse) + 2 * len(payloads), loops)
-    named = b"".join(b"event: content_block_delta\ndata: " + p + b"\n\n" for p in payloads)
+    report("SSE openai as a raw tail, one event per read",
+           tail_all([b"data: " + p + b"\n\n" for p in payloads]), len(sse), loops, EVENTS)
+    report("SSE openai as a raw tail, 1-4 KB reads", tail_all(network_reads(sse)), len(sse),
+           loops, EVENTS)
+    names = ["message_start"] + ["content_block_delta"] * (EVENTS - 2) + ["message_delta"]
+    named = b"".join(b"event: " + n.encode() + b"\ndata: " + p + b"\n\n"
+                     for n, p in zip(names, payloads, strict=True))
     report("SSE named events (Anthropic shape), 1-4 KB", decode_all(SSEDecoder,
            network_reads(named)), len(named), loops)
+    usage_events = frozenset({"message_start", "message_delta", "message_stop", "error"})
+    report("  same, keeping only the usage events", decode_all(
+           lambda: SSEDecoder(keep=usage_events), network_reads(named)), len(named), loops,
+           EVENTS)
     report("SSE openai, 64-byte reads", decode_all(SSEDecoder, network_reads(sse, 64, 64)),
            len(sse), max(loops // 4, 1))
 
@@ -152,6 +177,8 @@ def main() -> None:
     array = b"[" + b",\r\n".join([element] * EVENTS) + b"]"
     report("JSON array (Gemini shape, indented), 1-4 KB",
            decode_all(JSONArrayDecoder, network_reads(array)), len(array), max(loops // 4, 1))
+    report("JSON array (Gemini shape, indented), one read",
+           decode_all(JSONArrayDecoder, [array]), len(array), max(loops // 4, 1))
     compact = json.dumps(gemini, separators=(",", ":")).encode()
     array = b"[" + b",\r\n".join([compact] * EVENTS) + b"]"
     report("JSON array (Gemini shape, compact), 1-4 KB",

@@ -1,9 +1,10 @@
 """Incremental framing of streamed response bodies: SSE, NDJSON, JSON array, AWS event-stream.
 
 Every decoder takes raw network reads through ``feed(chunk)`` and returns the events completed so
-far; ``close()`` ends the input. They work on bytes only (no JSON, no text decoding of payloads),
-hold only the incomplete tail of the stream, and never raise on bad input: they set ``error`` to
-a short reason (the string constants below) and ignore everything fed afterwards.
+far; ``close()`` ends the input. They work on bytes only (no text decoding of payloads; JSON is
+parsed only to confirm a guess, see :class:`JSONArrayDecoder`), hold only the incomplete tail
+of the stream, and never raise on bad input: they set ``error`` to a short reason (the string
+constants below) and ignore everything fed afterwards.
 Events completed before the error are still returned.
 
 A size cap (``max_event_bytes``) bounds one event, and therefore the held tail. An event over
@@ -17,6 +18,8 @@ import re
 import struct
 import zlib
 from typing import ClassVar, NamedTuple
+
+import orjson
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
 
@@ -115,6 +118,9 @@ class _Delimited:
 
 _BOM = b"\xef\xbb\xbf"
 _sse_names: dict[bytes, str] = {}
+#: Reads shorter than this (about 20 small named events) are framed block by block, which
+#: costs less there than :meth:`SSEDecoder._named`.
+_NAMED_MIN_BYTES = 2048
 
 
 def _sse_name(value: bytes) -> str | None:
@@ -148,15 +154,25 @@ class SSEDecoder(_Delimited):
     runs of comment lines with no blank line: real servers end even keep-alives with one.
     """
 
-    __slots__ = ("_cr", "_first")
+    __slots__ = ("_cr", "_first", "keep")
     _SEP = b"\n\n"
     _TOO_LARGE = SSE_TOO_LARGE
 
-    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        *,
+        keep: frozenset[str] | None = None,
+        mid_stream: bool = False,
+    ) -> None:
         super().__init__(max_event_bytes)
         #: The previous read ended with CR: a LF opening the next read belongs to it.
         self._cr = False
-        self._first = True
+        #: A BOM may lead the input; not when it starts at an event boundary inside a stream.
+        self._first = not mid_stream
+        #: Names of the events to return (None: all); others are dropped before anything is
+        #: built for them. Events without a name are always returned. May change between reads.
+        self.keep = keep
 
     def feed(self, chunk: bytes) -> list[Event]:
         if self.error is not None:
@@ -198,6 +214,24 @@ class SSEDecoder(_Delimited):
                     del pieces[-1]
                     out = [_new_event(Event, (None, p)) for p in pieces]
                     data = b"data: " + last
+        elif data[:7] == b"event: " and len(data) <= self._max:
+            # One ``event:`` + ``data:`` event per read: what servers of named events write.
+            first_break = data.find(b"\n")
+            end = len(data) - 2
+            if (data.find(b"\n", first_break + 1) == end and data[-1] == 10
+                    and data[first_break + 1 : first_break + 7] == b"data: "):
+                self._first = False
+                raw = data[7:first_break]
+                name = _sse_names.get(raw) or _sse_name(raw)
+                keep = self.keep
+                if keep is not None and name is not None and name not in keep:
+                    return out
+                return [_new_event(Event, (name, data[first_break + 7 : end]))]
+            keep = self.keep
+            if keep is not None and len(data) >= _NAMED_MIN_BYTES:
+                named = self._named(data, keep)
+                if named is not None:
+                    return named
         blocks = data.split(b"\n\n")
         self._keep(blocks.pop())
         if blocks:
@@ -208,6 +242,44 @@ class SSEDecoder(_Delimited):
         out: list[Event] = []
         if self.error is None and self._held:
             self._parse([self._release()], out, False)
+        return out
+
+    def _named(self, data: bytes, keep: frozenset[str]) -> list[Event] | None:
+        """The kept events of reads made only of ``event:`` + one-line blocks, or None.
+
+        Then every third line is blank, the one before it is the block's second line, and
+        the one before that its ``event:`` line. Only the few distinct ``event:`` lines are
+        looked at: a block whose name is not kept is no event of interest whatever its
+        second line says, and the kept ones are framed as usual.
+        """
+        complete, sep, rest = data.rpartition(b"\n\n")
+        lines = complete.split(b"\n")
+        if not sep or len(lines) % 3 != 2:
+            return None
+        heads = lines[0::3]
+        seconds = lines[1::3]
+        if any(lines[2::3]) or not all(seconds):
+            return None
+        wanted = []
+        for head in set(heads):
+            if head[:7] != b"event: ":
+                return None
+            raw = head[7:]
+            name = _sse_names.get(raw) or _sse_name(raw)
+            if name is None or name in keep:
+                wanted.append(head)
+        self._first = False
+        self._keep(rest)
+        out: list[Event] = []
+        if wanted:
+            at: list[int] = []
+            for head in wanted:
+                i = -1
+                for _ in range(heads.count(head)):
+                    i = heads.index(head, i + 1)
+                    at.append(i)
+            at.sort()
+            self._parse([heads[i] + b"\n" + seconds[i] for i in at], out, False)
         return out
 
     def _parse(self, blocks: list[bytes], out: list[Event], check_size: bool) -> None:
@@ -223,6 +295,7 @@ class SSEDecoder(_Delimited):
                 blocks[0] = first[3:]
         append = out.append
         names = _sse_names
+        keep = self.keep
         for block in blocks:
             # A block is measured with the line end of its last line (>=), as the held tail
             # may already include it: results never depend on where the reads were cut.
@@ -239,10 +312,12 @@ class SSEDecoder(_Delimited):
                 head, sep, payload = block.partition(b"\ndata: ")
                 if sep and 10 not in payload and 10 not in head:
                     raw = head[7:]
-                    append(_new_event(Event, (names.get(raw) or _sse_name(raw), payload)))
+                    name = names.get(raw) or _sse_name(raw)
+                    if keep is None or name is None or name in keep:
+                        append(_new_event(Event, (name, payload)))
                     continue
             event = _block_event(block)
-            if event is not None:
+            if event is not None and (keep is None or event.name is None or event.name in keep):
                 append(event)
 
 
@@ -269,6 +344,151 @@ def _block_event(block: bytes) -> Event | None:
         elif field == b"event":
             name = _sse_name(value)
     return _new_event(Event, (name, b"\n".join(data))) if data else None
+
+
+# --- the raw tail of an SSE stream ---------------------------------------------------------
+
+#: Bytes an :class:`SSETail` takes in before it drops its oldest events again.
+TAIL_TRIM_BYTES = 16 << 10
+#: Longest text an :class:`SSETail` holds without a blank line before it gives up.
+TAIL_OPEN_LIMIT = 256 << 10
+_BOUNDARIES = (b"\n\n", b"\r\n\r\n")
+
+
+def find_boundary(chunk: bytes) -> tuple[int, bytes] | None:
+    """Where the first blank line in ``chunk`` ends, and the line ends it is made of.
+
+    Whatever came before, text after ``\\n\\n`` or ``\\r\\n\\r\\n`` starts a line, and no
+    event is pending there (a blank line has just dispatched it): decoding can start at
+    that point. Blank lines of lone CRs are not looked for.
+    """
+    for sep in _BOUNDARIES:
+        at = chunk.find(sep)
+        if at >= 0:
+            return at + len(sep), sep
+        if 13 not in chunk:
+            break
+    return None
+
+
+def _tail_start(buf: bytes, sep: bytes, cut: int, count: int, max_event_bytes: int) -> int:
+    """An offset in ``buf`` from which decoding still returns ``count`` complete events, or 0.
+
+    ``buf`` starts at an event boundary; ``cut`` is where its last ``sep`` is (-1: none).
+    Boundaries are found from the end, so only the last events are looked at. A block that
+    opens with a ``data:`` line is an event for sure; others (comments, ``id:``, runs of
+    blank lines) are counted by decoding, now and then, what the search has passed.
+    """
+    width = len(sep)
+    sure = 0
+    blocks = 0
+    verify_at = 2 * count
+    while cut >= 0:
+        cut = buf.rfind(sep, 0, cut)
+        if cut < 0:
+            break
+        start = cut + width
+        if buf.startswith(b"data:", start):
+            sure += 1
+            if sure >= count:
+                return start
+        blocks += 1
+        if blocks >= verify_at:
+            decoder = SSEDecoder(max_event_bytes, mid_stream=True)
+            if len(decoder.feed(buf[start:])) >= count:
+                return start
+            verify_at *= 2
+    return 0
+
+
+class SSETail:
+    """The end of an SSE stream kept as raw bytes, for readers that need only its last events.
+
+    It starts at an event boundary (see :func:`find_boundary`) and holds what follows;
+    ``feed`` only appends. Every ``trim_bytes`` the oldest events are dropped (at least the
+    last ``count`` stay), and ``events``, at the end, decodes what is left: the events an
+    :class:`SSEDecoder` would have returned from the tail's start, or the last ``count`` or
+    more of them.
+
+    Each trim also checks that no event can have reached the decoder's size cap, which the
+    tail cannot judge: the text after the last blank line, and what came in since the last
+    trim, must stay within ``open_limit`` (at most half of ``max_event_bytes``), so that no
+    event is longer than two such spans. Otherwise ``feed`` returns False and the caller
+    goes back to decoding, from the tail's start, with ``resume``. Memory stays bounded by
+    ``count`` events plus ``trim_bytes``, and a read.
+    """
+
+    __slots__ = (
+        "_checked", "_count", "_limit", "_max", "_parts", "_sep", "_size", "_trim_at",
+        "_trim_bytes",
+    )
+
+    def __init__(
+        self,
+        sep: bytes,
+        count: int,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        *,
+        trim_bytes: int = TAIL_TRIM_BYTES,
+        open_limit: int = TAIL_OPEN_LIMIT,
+    ) -> None:
+        self._sep = sep
+        self._count = count
+        self._max = max_event_bytes
+        # An event is measured with the line end of its last line: keep clear of the cap.
+        self._limit = min(open_limit, (max_event_bytes - 2) // 2)
+        self._trim_bytes = min(trim_bytes, self._limit)
+        self._parts: list[bytes] = []
+        self._size = 0
+        #: Bytes held after the last trim.
+        self._checked = 0
+        self._trim_at = self._trim_bytes
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    def feed(self, chunk: bytes) -> bool:
+        """Hold ``chunk``; False when the tail gives up (then call ``resume``)."""
+        self._parts.append(chunk)
+        self._size += len(chunk)
+        if self._size > self._trim_at:
+            return self._trim()
+        return True
+
+    def _trim(self) -> bool:
+        if self._size - self._checked > self._limit:
+            return False
+        buf = b"".join(self._parts)
+        sep = self._sep
+        last = buf.rfind(sep)
+        if len(buf) - (last + len(sep) if last >= 0 else 0) > self._limit:
+            return False
+        start = _tail_start(buf, sep, last, self._count, self._max)
+        if start:
+            buf = buf[start:]
+        self._parts = [buf]
+        self._size = self._checked = len(buf)
+        self._trim_at = self._size + self._trim_bytes
+        return True
+
+    def events(self) -> list[Event]:
+        """At end of input: the last events (at least ``count``, or all since the start)."""
+        buf = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
+        start = _tail_start(buf, self._sep, buf.rfind(self._sep), self._count, self._max)
+        decoder = SSEDecoder(self._max, mid_stream=True)
+        return decoder.feed(buf[start:] if start else buf) + decoder.close()
+
+    def resume(self) -> tuple[SSEDecoder, list[Event]]:
+        """A decoder that has read what the tail holds, and the events it returned (at least
+        the last ``count`` complete ones, or all since the start)."""
+        decoder = SSEDecoder(self._max, mid_stream=True)
+        events = decoder.feed(b"".join(self._parts))
+        self._parts = []
+        self._size = 0
+        return decoder, events
 
 
 # --- NDJSON --------------------------------------------------------------------------------
@@ -341,6 +561,8 @@ _SCALAR_END = re.compile(rb"[,\]\s]")
 _SCALAR_START = frozenset(b"-0123456789tfn")
 
 _EXPECT_OPEN, _EXPECT_VALUE, _IN_VALUE, _EXPECT_SEP, _DONE = range(5)
+#: Bytes a :class:`JSONArrayDecoder` holds while guessing where an element ends.
+GUESS_BYTES = 64 << 10
 
 
 def _string_end(buf: bytearray, pos: int) -> int:
@@ -366,9 +588,20 @@ class JSONArrayDecoder:
     validated (the extractor's JSON parser does that); text that is not an array is
     ``json_array_syntax``. Bytes after the closing ``]`` are ignored, and a trailing comma is
     tolerated.
+
+    Scanning for brackets costs a regex step per string and per run between them, and more
+    for an element cut by a read. An object printed with indentation (``{`` then a line end,
+    as the Gemini API writes them) should end at its first line that starts with ``}``:
+    when the bytes up to there parse as JSON, that is its end for certain (a valid value
+    can end nowhere else), and it is never scanned. When they do not, or no such line comes
+    within ``GUESS_BYTES`` (or half ``max_event_bytes``), or the input ends first, the scan
+    reads the element from its start. Events and errors are the same either way; only an
+    indented object that does not end on a line of its own is returned late (with the next
+    such element, or by ``close()``).
     """
 
-    __slots__ = ("_buf", "_depth", "_in_string", "_max", "_pos", "_start", "_state", "error")
+    __slots__ = ("_buf", "_depth", "_guess", "_guess_limit", "_in_string", "_max", "_pos",
+                 "_start", "_state", "error")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.error: str | None = None
@@ -380,6 +613,9 @@ class JSONArrayDecoder:
         self._start = 0
         self._depth = 0
         self._in_string = False
+        #: The element in progress is an indented object whose end is being guessed.
+        self._guess = False
+        self._guess_limit = min(GUESS_BYTES, max_event_bytes // 2)
 
     @property
     def buffered(self) -> int:
@@ -416,9 +652,21 @@ class JSONArrayDecoder:
         return out
 
     def close(self) -> list[Event]:
-        """Nothing to add: an element still open at the end is incomplete JSON."""
+        """Elements whose end was not guessed; one still open at the end is incomplete JSON."""
+        out: list[Event] = []
+        if self._guess and self.error is None:
+            # What the guess has passed over is scanned now, from the element's start, and
+            # no end is left to a guess any more.
+            self._guess = False
+            self._guess_limit = -1
+            self._pos = self._start + 1
+            self._depth = 1
+            try:
+                self._scan(out)
+            except DecodeError as exc:
+                self.error = str(exc)
         self._buf = bytearray()
-        return []
+        return out
 
     def _scan(self, out: list[Event]) -> None:
         buf = self._buf
@@ -427,8 +675,37 @@ class JSONArrayDecoder:
         state = self._state
         depth = self._depth
         in_string = self._in_string
+        guess = self._guess
         while pos < n:
             if state == _IN_VALUE:
+                if guess:
+                    # ``pos`` is where the search for the end stopped; nothing is scanned yet.
+                    start = self._start
+                    brace = buf.find(b"\n}", max(start + 1, pos - 1))
+                    if brace >= 0:
+                        end = brace + 2
+                        data = bytes(buf[start:end])
+                        try:
+                            orjson.loads(data)
+                        except orjson.JSONDecodeError:
+                            pass
+                        else:
+                            if end - start > self._max:
+                                raise DecodeError(JSON_ARRAY_TOO_LARGE)
+                            out.append(_new_event(Event, (None, data)))
+                            state = _EXPECT_SEP
+                            pos = end
+                            depth = 0
+                            guess = False
+                            continue
+                    elif n - start <= self._guess_limit:
+                        pos = n
+                        break
+                    # A wrong guess, or none within the limit: the element is scanned.
+                    guess = False
+                    pos = start + 1
+                    depth = 1
+                    continue
                 if in_string:
                     end = _string_end(buf, pos)
                     if end < 0:
@@ -491,6 +768,7 @@ class JSONArrayDecoder:
                 if c in b"{[":
                     depth = 1
                     pos += 1
+                    guess = c == 0x7B and pos < n and buf[pos] in b"\r\n"
                 elif c == 0x22:
                     in_string = True
                     pos += 1
@@ -500,6 +778,7 @@ class JSONArrayDecoder:
         self._state = state
         self._depth = depth
         self._in_string = in_string
+        self._guess = guess
 
 
 # --- AWS event-stream ----------------------------------------------------------------------

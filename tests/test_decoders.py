@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import fixture_bytes, fixture_chunks, load_expected
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cost_middleware.decoders import (
@@ -25,12 +25,15 @@ from cost_middleware.decoders import (
     JSON_ARRAY_TOO_LARGE,
     NDJSON_TOO_LARGE,
     SSE_TOO_LARGE,
+    TAIL_TRIM_BYTES,
     BodyBuffer,
     Event,
     EventStreamDecoder,
     JSONArrayDecoder,
     NDJSONDecoder,
     SSEDecoder,
+    SSETail,
+    find_boundary,
 )
 
 Decoder = SSEDecoder | NDJSONDecoder | JSONArrayDecoder | EventStreamDecoder
@@ -272,6 +275,133 @@ def test_size_cap_does_not_depend_on_chunking(data: st.DataObject, points: list[
     assert whole.error == chunked.error
 
 
+# --- SSE: dropping names, starting mid-stream, the raw tail -----------------------------------
+
+KEEP = frozenset({"keep"})
+#: Blocks as providers of named events write them, with the odd irregular one.
+NAMED_BLOCKS = st.one_of(
+    st.tuples(
+        st.sampled_from([b"event: keep", b"event: drop", b"event: ", b"event:keep",
+                         b"event: drop ", b"event: ping"]),
+        st.sampled_from([b"data: {}", b"data: x", b"data:y", b"data", b": c", b"id: 1",
+                         b"event: keep", b"data: [DONE]", b'data: {"t": "event: keep"}']),
+    ).map(b"\n".join),
+    st.sampled_from([b"data: 1", b": ping", b"data: a\ndata: b", b"",
+                     b"event: keep\nevent: drop\ndata: z", b"event: drop\ndata: 1\ndata: 2",
+                     b"\xef\xbb\xbfevent: keep\ndata: 0"]),
+)
+#: Bodies of a few blocks, or of hundreds (reads of many events are framed differently).
+NAMED_STREAMS = st.tuples(
+    st.lists(NAMED_BLOCKS, max_size=30),
+    st.sampled_from([1, 1, 40]),
+    st.sampled_from([b"\n\n", b"\n\n", b"\n\n", b"\r\n\r\n", b"\n\n\n", b"\r\r"]),
+    st.sampled_from([b"", b"\n\n", b"event: keep\nda"]),
+).map(lambda t: t[2].join(t[0] * t[1]) + t[3])
+
+
+@FAST
+@given(NAMED_STREAMS, st.lists(st.integers(0, 600)))
+def test_sse_keep_drops_exactly_the_other_names(body: bytes, points: list[int]) -> None:
+    decoder = SSEDecoder(keep=KEEP)
+    expected = [e for e in reference_sse(body) if e.name is None or e.name in KEEP]
+    assert decode(decoder, cut(body, points)) == expected
+    assert decoder.error is None
+
+
+def test_sse_keep_reads_of_regular_named_blocks() -> None:
+    names = [b"drop", b"keep", b"ping", b"keep", b"", b"drop"] + [b"drop"] * 100
+    body = b"".join(b"event: %s\ndata: {\"i\": %d}\n\n" % (name, i)
+                    for i, name in enumerate(names))
+    assert SSEDecoder(keep=KEEP)._named(body, KEEP) is not None  # by columns, not by blocks
+    events = decode(SSEDecoder(keep=KEEP), [body, b"event: keep\ndata: 9"])
+    assert events == [Event("keep", b'{"i": 1}'), Event("keep", b'{"i": 3}'),
+                      Event(None, b'{"i": 4}'), Event("keep", b"9")]
+
+
+@FAST
+@given(st.lists(SSE_TOKENS, max_size=60).map(b"".join), st.data())
+def test_sse_decoding_may_start_after_any_boundary_found(body: bytes, data: st.DataObject) -> None:
+    offset = data.draw(st.integers(0, len(body)))
+    found = find_boundary(body[offset:])
+    if found is None:
+        assert b"\n\n" not in body[offset:] and b"\r\n\r\n" not in body[offset:]
+        return
+    start = offset + found[0]
+    whole = reference_sse(body)
+    rest = decode(SSEDecoder(mid_stream=True), [body[start:]])
+    assert rest == whole[len(whole) - len(rest):]
+
+
+TAIL_BLOCKS = st.sampled_from([
+    b"data: 1", b'data: {"a": 2}', b"data: [DONE]", b": keep-alive", b"id: 7\ndata: 3",
+    b"data: x\ndata: y", b"event: e\ndata: 4", b"retry: 1", b"data:", b"", b"data: " + b"z" * 90,
+    b"data: " + b"w" * 700,
+])
+
+
+@FAST
+@given(
+    st.lists(TAIL_BLOCKS, max_size=80),
+    st.sampled_from([b"\n\n", b"\n\n", b"\r\n\r\n", b"\n\n\n", b"\r\n\n"]),
+    st.sampled_from([b"", b"\n\n", b"data: cut"]),
+    st.integers(1, 9), st.integers(1, 400), st.integers(1, 800), st.integers(8, 3000),
+    st.lists(st.integers(0, 60000), max_size=60),
+)
+def test_sse_tail_returns_the_last_events_a_decoder_returns(
+    blocks: list[bytes], end: bytes, last: bytes, count: int, trim: int, limit: int, cap: int,
+    points: list[int],
+) -> None:
+    """From a boundary on, the tail's events are the decoder's last ones (at least ``count``,
+    or all); when it gives up, ``resume`` carries on exactly as the decoder would from the
+    events it still holds."""
+    body = end.join(blocks) + last
+    found = find_boundary(body)
+    assume(found is not None)
+    assert found is not None
+    start, sep = found
+    rest = body[start:]
+    decoder = SSEDecoder(cap, mid_stream=True)
+    expected = decode(decoder, [rest])
+    chunks = cut(rest, points)
+    tail = SSETail(sep, count, cap, trim_bytes=trim, open_limit=limit)
+    for i, chunk in enumerate(chunks):
+        if not tail.feed(chunk):
+            resumed, held = tail.resume()
+            events = held + decode(resumed, chunks[i + 1 :])
+            assert events == expected[len(expected) - len(events):]
+            assert len(held) >= count or events == expected
+            assert resumed.error == decoder.error
+            return
+    assert decoder.error is None
+    events = tail.events()
+    assert events == expected[len(expected) - len(events):]
+    assert len(events) >= count or events == expected
+
+
+def test_sse_tail_of_a_long_stream_stays_small() -> None:
+    event = b'data: {"choices": [{"delta": {"content": " word"}}], "usage": null}\n\n'
+    tail = SSETail(b"\n\n", 8)
+    most = 0
+    for i in range(10_000):
+        assert tail.feed(event if i % 7 else event + b": ping\n\n")
+        most = max(most, tail.buffered)
+    assert most <= TAIL_TRIM_BYTES + 9 * len(event) + 20
+    events = tail.events()
+    assert len(events) >= 8 and all(e.data == event[6:-2] for e in events)
+
+
+def test_sse_tail_gives_up_on_an_event_near_the_cap() -> None:
+    tail = SSETail(b"\n\n", 2, max_event_bytes=1000, trim_bytes=100)
+    assert tail.feed(b"data: 1\n\ndata: 2\n\n")
+    fed = [b"data: " + b"x" * 200 for _ in range(3)]
+    assert all(tail.feed(chunk) for chunk in fed[:2])
+    assert not tail.feed(fed[2])
+    decoder, events = tail.resume()
+    assert events == [Event(None, b"1"), Event(None, b"2")]
+    assert decoder.feed(b"x" * 400) == []
+    assert decoder.error == SSE_TOO_LARGE
+
+
 # --- NDJSON -----------------------------------------------------------------------------------
 
 
@@ -411,6 +541,109 @@ def test_json_array_elements_round_trip(values: list[Any], indent: int | None, s
     events = decode(decoder, cut(body, points))
     assert decoder.error is None and decoder.done
     assert [json.loads(e.data) for e in events] == values
+
+
+def reference_array(body: bytes, cap: int) -> tuple[list[bytes], str | None]:
+    """The framing rules of ``JSONArrayDecoder``, transcribed one byte at a time."""
+    n = len(body)
+    out: list[bytes] = []
+
+    def blank(i: int) -> int:
+        while i < n and body[i] in b" \t\r\n":
+            i += 1
+        return i
+
+    i = blank(0)
+    if i == n:
+        return out, None
+    if body[i] != ord("["):
+        return out, JSON_ARRAY_SYNTAX
+    i += 1
+    value_next = True
+    while True:
+        i = blank(i)
+        if i == n:
+            return out, None
+        c = body[i]
+        if c == ord("]"):
+            return out, None
+        if not value_next:
+            if c != ord(","):
+                return out, JSON_ARRAY_SYNTAX
+            value_next = True
+            i += 1
+            continue
+        start = i
+        if c in b"{[\"":
+            depth = 0
+            in_string = c == ord('"')
+            i += 1
+            if not in_string:
+                depth = 1
+            while i < n and (depth or in_string):
+                b = body[i]
+                if in_string:
+                    if b == ord("\\"):
+                        i += 1
+                    elif b == ord('"'):
+                        in_string = False
+                elif b == ord('"'):
+                    in_string = True
+                elif b in b"[{":
+                    depth += 1
+                elif b in b"]}":
+                    depth -= 1
+                i += 1
+            if depth or in_string:
+                return out, JSON_ARRAY_TOO_LARGE if n - start > cap else None
+        elif c in b"-0123456789tfn":
+            while i < n and body[i] not in b",] \t\r\n\x0b\x0c\x1c\x1d\x1e\x1f":
+                i += 1
+            if i == n:
+                return out, JSON_ARRAY_TOO_LARGE if n - start > cap else None
+        else:
+            return out, JSON_ARRAY_SYNTAX
+        if i - start > cap:
+            return out, JSON_ARRAY_TOO_LARGE
+        out.append(body[start:i])
+        value_next = False
+
+
+INDENTED_ELEMENTS = st.one_of(
+    JSON_VALUES.map(lambda v: json.dumps({"v": v}, indent=2, ensure_ascii=False).encode()),
+    st.sampled_from([
+        b'{\n"a": 1}', b'{\n"a": {\n}\n}', b'{\n"a": "\\n}"\n}', b'{\r\n  "a": [1]\r\n}',
+        b'{\n  "a": NaN\n}', b'{\n"a": "x\n}"\n}', b'{\n}', b'{"a": 2}', b"[\n1\n]", b"7", b'"s"',
+        b'{\n"a": 1\n}}', b'{\n"a": [\n}\n', b"{\n\n}", b'{\n "big": "' + b"b" * 300 + b'"\n}',
+    ]),
+)
+
+
+@FAST
+@given(st.lists(INDENTED_ELEMENTS, max_size=8), st.sampled_from([b",", b",\r\n", b"\n,\n", b" "]),
+       st.sampled_from([b"]", b"\n]", b"", b",]"]), st.integers(40, 4000),
+       st.lists(st.integers(0, 5000), max_size=12))
+def test_json_array_matches_the_reference_under_any_chunking(
+    elements: list[bytes], sep: bytes, end: bytes, cap: int, points: list[int]
+) -> None:
+    """Indented objects have their end guessed: events and errors are the scan's all the same."""
+    body = b"[\n" + sep.join(elements) + end
+    decoder = JSONArrayDecoder(max_event_bytes=cap)
+    events = decode(decoder, cut(body, points))
+    expected, error = reference_array(body, cap)
+    assert [e.data for e in events] == expected
+    assert decoder.error == error
+
+
+def test_json_array_guess_that_is_wrong_is_scanned() -> None:
+    decoder = JSONArrayDecoder()
+    # No line starts with ``}``: nothing to guess from, so the end comes when the input ends.
+    assert decoder.feed(b'[{\n"a": 1},') == []
+    assert decoder.feed(b'{\n"b": 2\n}') == [Event(None, b'{\n"a": 1}'),
+                                             Event(None, b'{\n"b": 2\n}')]
+    assert decoder.feed(b',{\n"c": 3}]') == []
+    assert decoder.close() == [Event(None, b'{\n"c": 3}')]
+    assert decoder.done
 
 
 # --- AWS event-stream -------------------------------------------------------------------------

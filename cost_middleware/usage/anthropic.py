@@ -110,9 +110,11 @@ class MessagesStream(EventStream):
         self.seen = False
         #: A ``message_start``/``message_delta`` whose usage was not an object.
         self.invalid = False
+        self.keep = _USAGE_EVENTS
 
     def events(self, events: list[Event]) -> None:
-        # Content deltas are most of a stream: they are skipped by name, unread.
+        # Content deltas are most of a stream: they are skipped by name, unread (SSE decoders
+        # drop them already).
         for name, data in events:
             if name is None or name in _USAGE_EVENTS:
                 self.event(name, data)

@@ -67,6 +67,9 @@ def chat_body(obj: Any, raw: bytes, call: Call) -> Extraction | None:
     return call.extraction(None, call.usage(chat_usage, obj.get("usage")))
 
 
+_END = frozenset({"message-end"})
+
+
 class ChatStream(EventStream):
     """v2 stream events: usage only in ``message-end`` (``delta.usage``)."""
 
@@ -78,10 +81,13 @@ class ChatStream(EventStream):
         self.seen = False
 
     def events(self, events: list[Event]) -> None:
-        # Content deltas are most of a stream: once the stream is known, only its end matters.
+        # Content deltas are most of a stream: once the stream is known, only its end matters
+        # (and the decoder drops the rest).
         for name, data in events:
             if name is None or name == "message-end" or not self.seen:
                 self.event(name, data)
+        if self.seen:
+            self.keep = _END
 
     def event(self, name: str | None, data: bytes) -> None:
         kind = name if name is not None else event_type(data)

@@ -120,10 +120,13 @@ class GenerateStream(Stream):
     """``GenerateContentResponse`` chunks, from SSE (``alt=sse``) or a streamed JSON array.
 
     The first chunk gives the model; raw chunks are kept in a short ring, and at the end the
-    newest one with ``usageMetadata`` (a running snapshot) is parsed.
+    newest one with ``usageMetadata`` (a running snapshot) is parsed. After the first chunk
+    only the ring matters: an SSE stream is then read from its raw tail.
     """
 
     __slots__ = ("model", "recent", "shape")
+
+    TAIL_EVENTS = _KEEP
 
     def __init__(self, call: Call) -> None:
         super().__init__(call)
@@ -139,6 +142,9 @@ class GenerateStream(Stream):
                 if self.shape is not None:
                     break
         self.recent.extend(events)
+
+    def head_read(self) -> bool:
+        return self.shape is not None
 
     def _probe(self, data: bytes) -> None:
         obj = loads(data)

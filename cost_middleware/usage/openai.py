@@ -262,10 +262,13 @@ class ChatStream(Stream):
     has none) and the raw bytes are kept in a short ring. Every server puts usage in one of
     its last chunks, as a cumulative snapshot (vLLM sends one per chunk; Groq may send
     ``x_groq.usage`` and then the same numbers in an ``include_usage`` chunk), so the newest
-    chunk with usage is the answer, found at the end, and nothing is summed.
+    chunk with usage is the answer, found at the end, and nothing is summed. Once the probing
+    is over only the ring matters: an SSE stream is then read from its raw tail.
     """
 
     __slots__ = ("found", "model", "probes", "recent", "shape", "tier", "upstream")
+
+    TAIL_EVENTS = _KEEP
 
     def __init__(self, call: Call) -> None:
         super().__init__(call)
@@ -285,6 +288,9 @@ class ChatStream(Stream):
                 if self.probes >= _MAX_MODEL_EVENTS:
                     break
         self.recent.extend(events)
+
+    def head_read(self) -> bool:
+        return self.probes >= _MAX_MODEL_EVENTS
 
     def _probe(self, data: bytes) -> None:
         obj = loads(data)
@@ -385,12 +391,15 @@ class ResponsesStream(EventStream):
         self.seen = False
 
     def events(self, events: list[Event]) -> None:
-        # Output deltas are most of a stream: they are skipped by name, unread.
+        # Output deltas are most of a stream: they are skipped by name, unread, and once the
+        # stream is known the decoder drops them.
         for name, data in events:
             if name is None or name in _RESPONSES_USED:
                 self.event(name, data)
             elif not self.seen and name.startswith("response."):
                 self.seen = True
+        if self.seen:
+            self.keep = _RESPONSES_USED
 
     def event(self, name: str | None, data: bytes) -> None:
         kind = name if name is not None else event_type(data)

@@ -10,7 +10,7 @@ reasons are handled here, once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
@@ -21,6 +21,8 @@ from cost_middleware.decoders import (
     JSONArrayDecoder,
     NDJSONDecoder,
     SSEDecoder,
+    SSETail,
+    find_boundary,
 )
 from cost_middleware.usage.base import Exchange, Reader
 from cost_middleware.usage.fields import InvalidUsage, label, loads
@@ -99,9 +101,18 @@ class Stream:
     ``events`` gets the events of each network read and must stay cheap: event names or a
     few bytes decide, and JSON is parsed only for the few events that carry what we need.
     ``settle`` and ``result`` run once, at the end.
+
+    Two promises let an SSE stream skip work (see :class:`SSEReader`): ``keep`` names the
+    events ``events`` still reads (it may only narrow), so that the decoder drops the others
+    unread; and a class with ``TAIL_EVENTS`` set promises that once ``head_read()`` is true,
+    only its last ``TAIL_EVENTS`` events can change the result (such a stream keeps every
+    event: its ``keep`` stays None).
     """
 
-    __slots__ = ("call", "failed", "terminal")
+    __slots__ = ("call", "failed", "keep", "terminal")
+
+    #: 0, or how many of the last events decide the result once ``head_read()``.
+    TAIL_EVENTS: ClassVar[int] = 0
 
     def __init__(self, call: Call) -> None:
         self.call = call
@@ -109,10 +120,16 @@ class Stream:
         self.terminal = False
         #: The provider reported an error inside the stream.
         self.failed = False
+        #: Names of the events ``events`` still reads (None: all); unnamed events always come.
+        self.keep: frozenset[str] | None = None
 
     def events(self, events: list[Event]) -> None:
         """The events framed from one read."""
         raise NotImplementedError
+
+    def head_read(self) -> bool:
+        """From now on, only the last ``TAIL_EVENTS`` events matter (see the class)."""
+        return False
 
     def settle(self) -> None:
         """End of input: set ``terminal``/``failed`` if ``events`` left that for the end."""
@@ -214,22 +231,129 @@ class StreamReader:
             self._stream.events(events)
 
     def finish(self, complete: bool) -> Extraction | None:
-        decoder = self._decoder
-        stream = self._stream
-        events = decoder.close()
+        events = self._decoder.close()
         if events:
-            stream.events(events)
+            self._stream.events(events)
+        return self._result(complete)
+
+    def _result(self, complete: bool) -> Extraction | None:
+        """The stream's extraction, once every event has reached it."""
+        stream = self._stream
+        error = self._decoder.error
         stream.settle()
         call = stream.call
-        call.partial = (
-            not complete or not stream.terminal or stream.failed or decoder.error is not None
-        )
+        call.partial = not complete or not stream.terminal or stream.failed or error is not None
         result = stream.result()
         if result is None:
-            self.skip_reason = call.skip_reason or decoder.error or NOT_PROVIDER_SHAPE
+            self.skip_reason = call.skip_reason or error or NOT_PROVIDER_SHAPE
         else:
             self.skip_reason = call.skip_reason
         return result
+
+
+#: Reads an :class:`SSEReader` collects before decoding them together.
+BATCH_BYTES = 16 << 10
+
+
+class SSEReader(StreamReader):
+    """A ``text/event-stream``, read with the savings :class:`Stream` allows.
+
+    For a stream with ``TAIL_EVENTS``, reads are decoded one by one until its head is read;
+    then, from the next blank line on, they go to an
+    :class:`~cost_middleware.decoders.SSETail` and only the last events are decoded, at the
+    end. The stream sees exactly the events it would have seen last; what it misses in
+    between could not change its result. Should the tail give up (an event too long to
+    hold), its events go to the stream and decoding resumes.
+
+    Other streams only need their events by the end: reads are collected up to
+    ``BATCH_BYTES`` and decoded together, which costs far less per event than a decoder
+    call per read, and the decoder drops the events the stream no longer ``keep``s.
+    """
+
+    __slots__ = ("_batch", "_batched", "_tail", "_tailing")
+
+    _decoder: SSEDecoder
+
+    def __init__(self, stream: Stream) -> None:
+        super().__init__(SSEDecoder(keep=stream.keep), stream)
+        self._tail: SSETail | None = None
+        #: The tail may still be taken up.
+        self._tailing = stream.TAIL_EVENTS > 0
+        self._batch: list[bytes] = []
+        self._batched = 0
+
+    def feed(self, chunk: bytes) -> None:
+        tail = self._tail
+        if tail is not None:
+            if not tail.feed(chunk):
+                self._resume(tail)
+            return
+        if not self._tailing:
+            self._batch.append(chunk)
+            self._batched += len(chunk)
+            if self._batched >= BATCH_BYTES:
+                self._decode()
+            return
+        # The head: decoded read by read until it is read, then the tail begins.
+        stream = self._stream
+        decoder = self._decoder
+        if stream.head_read() and decoder.error is None:
+            found = find_boundary(chunk)
+            if found is not None:
+                self._take_tail(chunk, *found)
+                return
+        events = decoder.feed(chunk)
+        if events:
+            stream.events(events)
+
+    def _decode(self) -> None:
+        """Decode the collected reads."""
+        batch = self._batch
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
+        self._batched = 0
+        decoder = self._decoder
+        events = decoder.feed(data)
+        if events:
+            stream = self._stream
+            stream.events(events)
+            decoder.keep = stream.keep
+
+    def _take_tail(self, chunk: bytes, cut: int, sep: bytes) -> None:
+        """Decode ``chunk`` up to its first blank line (ending at ``cut``), keep the rest raw."""
+        stream = self._stream
+        decoder = self._decoder
+        events = decoder.feed(chunk[:cut])
+        if events:
+            stream.events(events)
+        if decoder.error is not None:
+            self._tailing = False
+            return
+        tail = self._tail = SSETail(sep, stream.TAIL_EVENTS)
+        rest = chunk[cut:]
+        if rest and not tail.feed(rest):
+            self._resume(tail)
+
+    def _resume(self, tail: SSETail) -> None:
+        """Back to decoding every read, from the tail's start on."""
+        self._tail = None
+        self._tailing = False
+        decoder, events = tail.resume()
+        self._decoder = decoder
+        if events:
+            self._stream.events(events)
+
+    def finish(self, complete: bool) -> Extraction | None:
+        tail = self._tail
+        if tail is not None:
+            events = tail.events()
+        else:
+            if self._batch:
+                self._decode()
+            events = self._decoder.close()
+        if events:
+            self._stream.events(events)
+        return self._result(complete)
 
 
 def media_type(headers: Any) -> str:
@@ -279,7 +403,7 @@ class Endpoint:
             return Finished(call.extraction(None, None))
         media = media_type(exchange.response_headers)
         if media == _SSE:
-            return StreamReader(SSEDecoder(), self._stream(call))
+            return SSEReader(self._stream(call))
         if media in _JSON_TYPES or media.endswith("+json"):
             if self._array:
                 return StreamReader(JSONArrayDecoder(), self._stream(call))

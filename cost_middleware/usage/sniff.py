@@ -138,6 +138,7 @@ class SniffStream(Stream):
             else:
                 return
         inner.events(events)
+        self.keep = inner.keep
 
     def settle(self) -> None:
         inner = self.inner
