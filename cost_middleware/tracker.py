@@ -83,9 +83,6 @@ class CostTracker:
 
     # -- request path -------------------------------------------------------------------
 
-    def match(self, method: str, path: str) -> Target | None:
-        return self.detector.match(method, path)
-
     def capture(
         self,
         context: RequestContext,
