@@ -19,14 +19,17 @@ from hypothesis import strategies as st
 
 from cost_middleware.config import ConfigError
 from cost_middleware.records import CostRecord
-from cost_middleware.schema import cost_records
+from cost_middleware.schema import USD_SCALE, ExactDecimal, cost_records
 from cost_middleware.storage import (
     _COLUMNS,
     _ROW_ORDER,
+    _ROWS_PER_INSERT,
     MAX_USD,
     MemorySink,
     SQLSink,
+    _fast_row,
     _sqlite_datetime,
+    _SQLiteTimes,
     ensure_schema,
     make_engine,
     record_row,
@@ -184,6 +187,15 @@ def test_any_record_is_storable(
     assert row["cost_usd"] is None or abs(row["cost_usd"]) <= MAX_USD
 
 
+def test_a_time_outside_the_datetime_range_in_utc_is_stored_as_now(
+        engine: sa.Engine, sink: SQLSink) -> None:
+    before = datetime.now(UTC)
+    east = datetime.min.replace(tzinfo=timezone(timedelta(hours=2)))  # 0000-12-31 in UTC
+    record = make_record(None, created_at=east)
+    assert sink.write([record]) == 1
+    assert before <= stored_one(engine, record.record_id)["created_at"] <= datetime.now(UTC)
+
+
 def _quantized(value: Decimal | None) -> Decimal | None:
     return None if value is None else value.quantize(Decimal("1E-12"))
 
@@ -204,6 +216,152 @@ def test_sqlite_datetime_text_is_sqlalchemys(value: datetime) -> None:
     process = cost_records.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
     assert process is not None
     assert _sqlite_datetime(value) == process(value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.datetimes(timezones=st.just(UTC)), min_size=1, max_size=20), st.booleans())
+def test_sqlite_times_cached_by_second_are_sqlalchemys(values: list[datetime],
+                                                       ordered: bool) -> None:
+    times = _SQLiteTimes()
+    edges = [datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC),
+             datetime(2025, 1, 1, 0, 0, 0, 999_999, tzinfo=UTC),
+             datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)]
+    for value in [*(sorted(values) if ordered else values), *edges]:
+        assert times.text(value) == _sqlite_datetime(value)
+
+
+#: A live engine is not needed to build rows: SQLSink connects at its first write.
+OFFLINE_URLS = ["sqlite://", "postgresql+psycopg://nobody@127.0.0.1:1/none"]
+
+
+def bound_by_sqlalchemy(record: CostRecord, dialect: sa.Dialect) -> list[tuple[type, Any]]:
+    """What SQLAlchemy would send for ``record_row(record)``, with each value's type."""
+    row = record_row(record)
+    values = []
+    for column in cost_records.columns:
+        value = row[column.name]
+        process = column.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None and value is not None:
+            value = process(value)
+        values.append((type(value), value))
+    return values
+
+
+def sink_rows(sink: SQLSink, records: list[CostRecord]) -> list[list[tuple[type, Any]]]:
+    return [[(type(v), v) for v in row] for row in sink._rows(records)]
+
+
+ascii_text = st.characters(min_codepoint=32, max_codepoint=126)
+any_text = st.one_of(st.none(), st.text(ascii_text, max_size=30),
+                     st.text(ascii_text, min_size=12, max_size=520), texts)
+any_int = st.one_of(st.none(), st.integers(0, 10**7), st.integers(-(2**70), 2**70),
+                    st.booleans(), st.floats(allow_nan=False))
+any_money = st.one_of(st.none(), st.decimals(min_value=0, max_value=100, places=15), money,
+                      st.floats(allow_nan=False), st.integers(-5, 5))
+any_time = st.one_of(
+    st.datetimes(timezones=st.just(UTC)),
+    st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1),
+                 timezones=st.sampled_from([timezone(timedelta(hours=-5)),
+                                            timezone(timedelta(hours=2))])),
+    st.datetimes(),  # (not a datetime becomes "now": not comparable between two builds)
+)
+RECORD_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    **dict.fromkeys(("tenant", "route", "model", "method", "request_id", "provider", "api",
+                     "record_id"), any_text),
+    "status_code": any_int, "price_version": any_int, "cost_usd": any_money,
+    "latency_ms": st.one_of(st.none(), st.floats(allow_nan=False), st.integers(0, 9)),
+    "streamed": st.one_of(st.booleans(), st.none(), st.integers(0, 2)), "created_at": any_time,
+}
+USAGE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    **dict.fromkeys(("input_tokens", "output_tokens", "cached_input_tokens",
+                     "cache_write_input_tokens", "cache_write_5m_input_tokens",
+                     "cache_write_1h_input_tokens", "reasoning_tokens", "web_search_requests"),
+                    any_int),
+    "reported_cost_usd": any_money,
+}
+
+
+@st.composite
+def any_record(draw: st.DrawFn) -> CostRecord:
+    """A clean record with up to three fields replaced by anything, so that every check
+    of the fast path meets values it must refuse."""
+    dirty = draw(st.sets(st.sampled_from([*RECORD_FIELDS, *USAGE_FIELDS]), max_size=3))
+    counts = {name: draw(USAGE_FIELDS[name]) for name in sorted(dirty & USAGE_FIELDS.keys())}
+    with_usage = bool(counts) or draw(st.booleans())
+    usage = full_usage(**counts) if with_usage else None
+    return make_record(usage, **{name: draw(RECORD_FIELDS[name])
+                                 for name in sorted(dirty & RECORD_FIELDS.keys())})
+
+
+@pytest.mark.parametrize("url", OFFLINE_URLS)
+@settings(max_examples=150, deadline=None)
+@given(records=st.lists(any_record(), min_size=1, max_size=4))
+def test_rows_are_what_sqlalchemy_would_bind(url: str, records: list[CostRecord]) -> None:
+    """Fast path or full cleaning, every value is sent as SQLAlchemy would bind the
+    cleaned row (same type, same value)."""
+    engine = make_engine(url)
+    sink = SQLSink(engine)
+    assert sink_rows(sink, records) == [bound_by_sqlalchemy(r, engine.dialect) for r in records]
+
+
+@pytest.mark.parametrize("url", OFFLINE_URLS)
+def test_clean_records_take_the_fast_path(url: str) -> None:
+    times = _SQLiteTimes() if url.startswith("sqlite") else None
+    usual = [make_record(full_usage()), make_record(None, cost_usd=None, tenant=None),
+             make_record(full_usage(reasoning_tokens=None, cache_write_5m_input_tokens=None),
+                         latency_ms=None, status_code=None, price_version=None)]
+    for record in usual:
+        assert _fast_row(record, times) is not None
+    # Each of these needs the full cleaning, and gets it.
+    needs_cleaning = [
+        make_record(None, tenant="a\x00b"), make_record(None, route="/é"),
+        make_record(None, model="m" * 257), make_record(None, method="x" * 17),
+        make_record(None, request_id=42), make_record(None, provider=None),
+        make_record(full_usage(input_tokens=2**63)), make_record(full_usage(output_tokens=-1)),
+        make_record(full_usage(reasoning_tokens=True)), make_record(None, status_code=2**31),
+        make_record(None, price_version=1.5), make_record(None, cost_usd=Decimal("NaN")),
+        make_record(None, cost_usd=MAX_USD + 1), make_record(None, cost_usd=0.25),
+        make_record(full_usage(reported_cost_usd=Decimal("-Infinity"))),
+        make_record(None, latency_ms=3), make_record(None, created_at=datetime(2025, 1, 1)),
+        make_record(None, created_at=datetime(2025, 1, 1, tzinfo=timezone(timedelta(hours=1)))),
+        *(make_record(None, **{name: "x" * ((column.type.length or 0) + 1)})
+          for name, column in cost_records.c.items()
+          if isinstance(column.type, sa.String) and name in RECORD_FIELDS),
+        *(make_record(full_usage(**{name: bad}))
+          for name in USAGE_FIELDS if name != "reported_cost_usd"
+          for bad in (True, -1, 2**63, 1.0, "1")),
+    ]
+    sink = SQLSink(make_engine(url))
+    for record in needs_cleaning:
+        assert _fast_row(record, times) is None
+        assert sink_rows(sink, [record]) == [bound_by_sqlalchemy(record, sink._engine.dialect)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.decimals(allow_nan=False, allow_infinity=False, min_value=-(10**15),
+                   max_value=10**15))
+def test_money_units_round_half_even_to_pico_dollars(value: Decimal) -> None:
+    kind = cost_records.c.cost_usd.type
+    assert isinstance(kind, ExactDecimal)
+    exact = value.quantize(Decimal(1).scaleb(-USD_SCALE))
+    assert kind.exact(value) == exact
+    assert kind.units(value) == int(exact.scaleb(USD_SCALE))
+
+
+def test_batches_around_the_rows_per_insert(engine: sa.Engine, sink: SQLSink) -> None:
+    """SQLite sends groups of rows per statement and the tail one by one; duplicates
+    inside a group, across groups and in the tail are each stored once."""
+    n = _ROWS_PER_INSERT
+    first = [make_record(full_usage()) for _ in range(2 * n + 7)]
+    assert sink.write(first) == len(first)
+    fresh = [make_record(None) for _ in range(n + 3)]
+    mixed = [*fresh[:n // 2], first[0], *fresh[n // 2:], fresh[0], first[-1], fresh[-1]]
+    assert sink.write(mixed) == len(fresh)
+    assert sink.write([make_record(None) for _ in range(n)]) == n
+    assert sink.write([make_record(None)]) == 1
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(cost_records)).scalar_one()
+    assert total == len(first) + len(fresh) + n + 1
 
 
 def test_sqlite_engine_settings_and_creates_nothing(sqlite_url: str) -> None:
