@@ -16,6 +16,7 @@ from pathlib import Path
 from time import perf_counter
 
 import orjson
+from common import network_reads
 
 from cost_middleware.decoders import (
     Event,
@@ -51,18 +52,6 @@ def openai_chat_events(count: int = EVENTS, seed: int = 1) -> list[bytes]:
         "prompt_tokens_details": {"cached_tokens": 2048, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}})
     return [json.dumps(e, separators=(",", ":")).encode() for e in events] + [b"[DONE]"]
-
-
-def network_reads(body: bytes, low: int = 1024, high: int = 4096, seed: int = 7) -> list[bytes]:
-    """``body`` cut into reads of random sizes in [low, high]."""
-    rng = random.Random(seed)
-    reads = []
-    i = 0
-    while i < len(body):
-        step = rng.randint(low, high)
-        reads.append(body[i : i + step])
-        i += step
-    return reads
 
 
 def best_of(run: Callable[[], object], loops: int, repeats: int = 60) -> float:

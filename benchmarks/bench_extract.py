@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import orjson
+from common import network_reads
 
 from cost_middleware.decoders import SSEDecoder
 from cost_middleware.detect import Detector
@@ -169,18 +169,6 @@ def gemini_array(events: int = 100) -> bytes:
     """Gemini without ``alt=sse``: one indented JSON array, as the API writes it."""
     return b"[" + b"\n,\n".join(
         json.dumps(c, indent=2).encode() for c in gemini_chunks(events)) + b"]"
-
-
-def network_reads(body: bytes, low: int = 1024, high: int = 4096, seed: int = 7) -> list[bytes]:
-    """``body`` cut into reads of random sizes in [low, high] (a proxy's or a client's reads)."""
-    rng = random.Random(seed)
-    reads = []
-    i = 0
-    while i < len(body):
-        step = rng.randint(low, high)
-        reads.append(body[i : i + step])
-        i += step
-    return reads
 
 
 def json_body_2kb() -> bytes:

@@ -12,6 +12,7 @@ import argparse
 import gc
 import math
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -260,3 +261,15 @@ def standalone(run: Callable[[bool], list[Result]], description: str) -> None:
     results = run(args.quick)
     out.print(results_table([results], description))
     out.print(load_note())
+
+
+def network_reads(body: bytes, low: int = 1024, high: int = 4096, seed: int = 7) -> list[bytes]:
+    """``body`` cut into reads of random sizes in [low, high] (a proxy's or a client's reads)."""
+    rng = random.Random(seed)
+    reads = []
+    i = 0
+    while i < len(body):
+        step = rng.randint(low, high)
+        reads.append(body[i : i + step])
+        i += step
+    return reads
