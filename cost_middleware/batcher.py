@@ -3,15 +3,15 @@
 Request path: :meth:`Batcher.submit` appends to a ``deque`` (atomic, no lock) and, once a
 batch is ready, sets an event. It never blocks on the database and never raises.
 
-Worker: takes up to ``batch_size`` records when that many are queued or ``flush_interval``
-has passed, calls ``process`` (the tracker prices the batch there), then ``sink.write``, then
-``written`` (the tracker counts cost and token totals of what reached the database). A
-failed write sends the batch to the spool and starts a backoff (0.1 s doubling to 5 s, with
-jitter) during which batches go straight to the spool, unprocessed, so memory stays bounded
-however long the database is away; after the backoff the next batch (or a spool replay)
-probes it again. Once a write succeeds the spool is replayed, a slice per turn so live
-records keep flowing, and ``process`` runs on replayed records that are still unpriced. At
-start the worker replays what earlier processes left.
+Worker: takes a batch when ``batch_size`` records are queued or ``flush_interval`` has passed
+(up to ten batches' worth at once when it fell behind), calls ``process`` (the tracker prices
+the batch there), then ``sink.write``, then ``written`` (the tracker counts cost and token
+totals of what reached the database). A failed write sends the batch to the spool and starts a
+backoff (0.1 s doubling to 5 s, with jitter) during which batches go straight to the spool,
+unprocessed, so memory stays bounded however long the database is away; after the backoff the
+next batch (or a spool replay) probes it again. Once a write succeeds the spool is replayed, a
+slice per turn so live records keep flowing, and ``process`` runs on replayed records that are
+still unpriced. At start the worker replays what earlier processes left.
 
 Full queue: the record goes to an overflow list that the worker spools at its next turn. If
 the worker is stuck (a database call that has not returned yet) and the overflow reaches its
@@ -55,6 +55,8 @@ log = logging.getLogger("cost_middleware")
 
 RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 5.0
+#: A writer that fell behind takes up to this many batches' worth of records in one write.
+MAX_BATCHES_PER_WRITE = 10
 #: Batches' worth of spooled records replayed per turn of the worker.
 REPLAY_BATCHES = 10
 #: How often the worker looks for spool files left by processes that died meanwhile.
@@ -298,10 +300,17 @@ class Batcher:
                 log.debug("cost_middleware: closing the sink: %s", _describe(error))
 
     def _drain(self, everything: bool) -> None:
-        """Write queued batches: full ones, or all of them when ``everything``."""
+        """Write full batches; when ``everything``, also what was queued when the drain began.
+
+        Records that arrive during an ``everything`` drain wait for the next full batch or
+        interval: chasing them would, under steady traffic, write a trickle of batches of a
+        few records each (one per write's duration) for as long as the traffic lasts.
+        """
         queue = self._queue
-        while queue and (everything or len(queue) >= self._batch_size):
+        owed = len(queue) if everything else 0
+        while queue and (owed > 0 or len(queue) >= self._batch_size):
             batch, marker = self._take()
+            owed -= len(batch) + (marker is not None)
             if batch:
                 self._deliver(batch)
             if marker is not None:
@@ -309,9 +318,14 @@ class Batcher:
                 marker.done.set()
 
     def _take(self) -> tuple[list[CostRecord], _Marker | None]:
-        batch: list[CostRecord] = []
+        """The next batch: ``batch_size`` records, or as many whole batches as are waiting,
+        up to ``MAX_BATCHES_PER_WRITE`` (a writer that fell behind catches up in fewer, larger
+        writes, which cost less per record); it ends early at a flush marker."""
         queue = self._queue
-        while len(batch) < self._batch_size:
+        size = self._batch_size
+        limit = size * max(1, min(len(queue) // size, MAX_BATCHES_PER_WRITE))
+        batch: list[CostRecord] = []
+        while len(batch) < limit:
             try:
                 item = queue.popleft()
             except IndexError:
