@@ -11,7 +11,10 @@ Servers (each a separate process tree, started and stopped per run):
 * ``gunicorn-2`` gunicorn, 2 sync workers, a Flask gateway (``load/wsgi_gateway.py``).
 
 The gateways answer OpenAI chat completions from the in-process fake provider: ``json`` is a
-2 KB completion, ``sse`` a 63-event stream with usage in its last event. "with" wraps the app
+2 KB completion, ``sse`` a 63-event stream with usage in its last event. That is the worst case
+for the ratio: the app does almost nothing else. ``proxy-json`` and ``proxy-sse`` are the same
+answers fetched over HTTP (httpx) from an upstream fake-provider server (uvicorn, 2 workers,
+started per run), as a gateway in front of a real provider does. "with" wraps the app
 in ``CostMiddleware`` / ``WSGICostMiddleware`` writing to a PostgreSQL database this script
 creates and drops, with Redis price sync on the machine's Redis and StatsD sent to a sink in
 this process. "without" is the bare app.
@@ -63,7 +66,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import sqlalchemy as sa
-from load.payloads import COUNT_DIR, MIDDLEWARE, MODEL, request_body
+from load.payloads import COUNT_DIR, MIDDLEWARE, MODEL, UPSTREAM, request_body
 from load.proc_cpu import machine_busy_s, tree_cpu
 from load.statsd_sink import StatsdSink
 from rich.console import Console
@@ -79,7 +82,9 @@ LUA = BENCH / "load" / "post.lua"
 RESULTS = BENCH / "results" / "loadtest.json"
 PYTHON = sys.executable
 SERVERS = ("uvicorn-1", "uvicorn-2", "gunicorn-2")
-PAYLOADS = ("json", "sse")
+PAYLOADS = ("json", "sse", "proxy-json", "proxy-sse")
+#: Payloads the gateway fetches from an upstream fake-provider server over HTTP.
+PROXIED = "proxy-"
 #: Targets from DESIGN.md: throughput with the middleware >= 90 %, p99 within 10 %.
 MIN_THROUGHPUT_RATIO = 0.90
 MAX_P99_RATIO = 1.10
@@ -273,12 +278,14 @@ def _server_command(server: str, port: int, work: Path) -> list[str]:
 
 
 def _server_env(middleware: bool, work: Path, db_url: str, redis_url: str, statsd_port: int,
-                extra: dict[str, str]) -> dict[str, str]:
+                extra: dict[str, str], upstream: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in config.ALL_VARIABLES and k != config.STANDARD_STATSD_HOST}
     env["PYTHONPATH"] = str(BENCH)
     env[MIDDLEWARE] = "1" if middleware else "0"
     env[COUNT_DIR] = str(work / "counts")
+    if upstream is not None:
+        env[UPSTREAM] = upstream
     env.update({
         config.DATABASE_URL: db_url,
         config.REDIS_URL: redis_url,
@@ -296,8 +303,9 @@ def _one_run(args: argparse.Namespace, wrk: str, server: str, payload: str, midd
     work = Path(tempfile.mkdtemp(prefix="cm_loadtest_"))
     (work / "counts").mkdir()
     body_file = work / "body.json"
-    body_file.write_bytes(request_body(stream=payload == "sse"))
+    body_file.write_bytes(request_body(stream=_streams(payload)))
     engine = sa.create_engine(db_url)
+    upstream = _start_upstream(work) if payload.startswith(PROXIED) else None
     try:
         if middleware:
             _empty_records(engine)
@@ -307,7 +315,8 @@ def _one_run(args: argparse.Namespace, wrk: str, server: str, payload: str, midd
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 _server_command(server, port, work), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env=_server_env(middleware, work, db_url, args.redis, sink.port, args.set),
+                env=_server_env(middleware, work, db_url, args.redis, sink.port, args.set,
+                                upstream[1] if upstream else None),
                 start_new_session=True,
             )
             try:
@@ -336,8 +345,31 @@ def _one_run(args: argparse.Namespace, wrk: str, server: str, payload: str, midd
             run.notes.extend(problems)
         return run
     finally:
+        if upstream is not None:
+            _stop(upstream[0])
         engine.dispose()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _streams(payload: str) -> bool:
+    return payload.endswith("sse")
+
+
+def _start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The fake provider the proxy payloads forward to: the bare gateway, uvicorn with 2
+    workers, on its own port (its CPU counts as "outside")."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in config.ALL_VARIABLES}
+    env.update({"PYTHONPATH": str(BENCH), MIDDLEWARE: "0"})
+    log_path = work / "upstream.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [PYTHON, str(BENCH / "load" / "uvicorn_workers.py"), "load.asgi_gateway:app",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--no-access-log",
+             "--log-level", "warning"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    _wait_listening(proc, port, log_path)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def _own() -> float:
@@ -399,7 +431,7 @@ def _log_problems(log_path: Path) -> list[str]:
 
 
 def _expected_tokens(payload: str) -> tuple[int, int, int]:
-    body = orjson.loads(request_body(stream=payload == "sse"))
+    body = orjson.loads(request_body(stream=_streams(payload)))
     usage = orjson.loads(openai_chat(MODEL, body))["usage"]
     return (usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
             usage["completion_tokens"])
@@ -448,7 +480,7 @@ def _percentile(ordered: list[float], pct: float) -> float:
 
 def _print_progress(run: Run) -> None:
     m = run.measured
-    line = (f"{run.server:10} {run.payload:4} {'with' if run.middleware else 'without':7} "
+    line = (f"{run.server:10} {run.payload:10} {'with' if run.middleware else 'without':7} "
             f"run {run.index + 1}: {m.rps:8.0f} req/s  p50 {m.p50_us / 1000:6.2f} ms  "
             f"p99 {m.p99_us / 1000:6.2f} ms  cpu/req main {run.main_cpu_us:4.0f} µs "
             f"other {run.other_cpu_us:4.0f} µs  outside {run.outside_cores:.2f} cores")

@@ -27,6 +27,9 @@ JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream"
 COUNT_DIR = "LOADTEST_COUNT_DIR"
 MIDDLEWARE = "LOADTEST_MIDDLEWARE"
+#: Set: the gateway forwards each request to this fake-provider server over HTTP (httpx)
+#: instead of answering in process, as a gateway in front of a real provider does.
+UPSTREAM = "LOADTEST_UPSTREAM"
 
 _handled = itertools.count()
 
@@ -44,9 +47,13 @@ def request_body(stream: bool) -> bytes:
     return orjson.dumps(body)
 
 
+def count_handled() -> None:
+    next(_handled)
+
+
 def answer(raw: bytes) -> tuple[str, bytes | Iterator[bytes]]:
     """Content type and body (bytes, or an iterator of SSE events) for one request."""
-    next(_handled)
+    count_handled()
     body = orjson.loads(raw)
     model = str(body.get("model") or MODEL)
     if body.get("stream"):
@@ -62,6 +69,16 @@ def answer(raw: bytes) -> tuple[str, bytes | Iterator[bytes]]:
 
 def middleware_wanted() -> bool:
     return os.environ.get(MIDDLEWARE) == "1"
+
+
+def upstream() -> str | None:
+    """The upstream's chat-completions URL when the gateway forwards, else None."""
+    base = os.environ.get(UPSTREAM)
+    return f"{base}/v1/chat/completions" if base else None
+
+
+def is_stream(raw: bytes) -> bool:
+    return bool(orjson.loads(raw).get("stream"))
 
 
 def write_count() -> None:
