@@ -215,10 +215,25 @@ def test_reprice_pages_through_many_records(engine: sa.Engine,
         for i in range(30):
             add_record(conn, f"r{i:02d}", same_time if i % 2 else same_time + timedelta(
                 seconds=i), "gpt-4o", tokens=1000 * (i + 1))
+    pages: list[str] = []  # each page's SELECT, with its parameters
+
+    def remember_pages(_conn: object, _cursor: object, statement: str, parameters: Any,
+                       *_args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "cost_records" in statement:
+            values = parameters.values() if isinstance(parameters, dict) else parameters
+            pages.append(f"{statement} -- {[str(v) for v in values]}")
+
+    sa.event.listen(engine, "before_cursor_execute", remember_pages)
     book = PriceBook(SQLPriceSource(engine))
     try:
-        assert reprice(engine, book, datetime(2025, 3, 1, 1, tzinfo=UTC) - timedelta(hours=1)) == 30
+        assert reprice(engine, book, datetime(2025, 2, 28, tzinfo=UTC)) == 30
     finally:
         book.close()
+        sa.event.remove(engine, "before_cursor_execute", remember_pages)
     result = stored(engine)
     assert all(result[f"r{i:02d}"] == (D("0.0125") * (i + 1), 1) for i in range(30))
+    # Every page after the first starts its index range where the last one ended: its plain
+    # lower bound on created_at is no longer `since` (the OR alone is only a filter).
+    assert len(pages) == 6  # 7, 7, 7, 7, 2 records, then none
+    assert "2025-02-28" in pages[0]
+    assert all("2025-02-28" not in p and " OR " in p for p in pages[1:])

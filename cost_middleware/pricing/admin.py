@@ -146,16 +146,18 @@ def reprice(
     since_utc = as_utc(since)
     # SQLite keeps naive UTC text; PostgreSQL compares instants either way.
     start = since_utc.replace(tzinfo=None) if engine.dialect.name == "sqlite" else since_utc
-    condition = _r.created_at >= start
-    if only_unpriced:
-        condition = and_(condition, _r.cost_usd.is_(None))
     book.invalidate_all()  # price from the table as it is now
     updated = 0
     after: tuple[datetime, str] | None = None
     stmt = update(cost_records).where(_r.record_id == bindparam("b_id")).values(
         cost_usd=bindparam("b_cost"), price_version=bindparam("b_version"))
     while True:
-        query = select(*_REPRICE_COLUMNS).where(condition)
+        # Each page's lower bound is where the last one ended, so the created_at index starts
+        # there: with the OR below alone (a filter) every page would rescan from ``since``.
+        query = select(*_REPRICE_COLUMNS).where(
+            _r.created_at >= (start if after is None else after[0]))
+        if only_unpriced:
+            query = query.where(_r.cost_usd.is_(None))
         if after is not None:
             query = query.where(or_(_r.created_at > after[0],
                                     and_(_r.created_at == after[0], _r.record_id > after[1])))
