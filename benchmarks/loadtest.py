@@ -1,6 +1,6 @@
 """Load test: real servers on loopback, with and without the middleware, driven by wrk.
 
-    /work/venv/bin/python benchmarks/loadtest.py            # about 10 minutes
+    /work/venv/bin/python benchmarks/loadtest.py            # about 25 minutes (--runs 2: 16)
     /work/venv/bin/python benchmarks/loadtest.py --runs 1 --servers uvicorn-1 --payloads json
 
 Servers (each a separate process tree, started and stopped per run):
