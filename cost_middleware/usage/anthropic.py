@@ -14,7 +14,7 @@ from typing import Any
 from cost_middleware.decoders import Event
 from cost_middleware.usage.fields import (
     EMPTY,
-    InvalidUsage,
+    cache_counts,
     cache_split,
     count,
     label,
@@ -37,18 +37,16 @@ _USAGE_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "er
 _VERTEX_MODELS = "/publishers/anthropic/models/"
 
 
+_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
+           "cache_creation_input_tokens")
+
+
 def messages_usage(usage: Any) -> Usage | None:
     """An Anthropic ``Usage`` object, normalized."""
-    if usage is None:
+    counts = cache_counts(usage, "usage", _COUNTS)
+    if counts is None:
         return None
-    if type(usage) is not dict:
-        raise InvalidUsage("usage")
-    base = count(usage, "input_tokens")
-    output = count(usage, "output_tokens")
-    if base is None and output is None:
-        return None
-    read = count(usage, "cache_read_input_tokens") or 0
-    write = count(usage, "cache_creation_input_tokens") or 0
+    base, output, read, write = counts
     ttl = section(usage, "cache_creation") or EMPTY
     fields: dict[str, Any] = {"cached_input_tokens": read, "cache_write_input_tokens": write}
     fields["cache_write_5m_input_tokens"], fields["cache_write_1h_input_tokens"] = cache_split(
@@ -60,7 +58,7 @@ def messages_usage(usage: Any) -> Usage | None:
     tools = section(usage, "server_tool_use") or EMPTY
     if (searches := count(tools, "web_search_requests")) is not None:
         fields["web_search_requests"] = searches
-    return make_usage((base or 0) + read + write, output or 0, fields)
+    return make_usage(base + read + write, output, fields)
 
 
 def _tier(usage: Any) -> str | None:

@@ -19,6 +19,7 @@ from cost_middleware.usage.fields import (
     EMPTY,
     MAX_TOKENS,
     InvalidUsage,
+    cache_counts,
     cache_split,
     count,
     label,
@@ -71,18 +72,18 @@ def _tier(obj: Mapping[str, Any], call: Call) -> str | None:
 # --- Converse ------------------------------------------------------------------------------
 
 
+_CONVERSE_COUNTS = ("inputTokens", "outputTokens", "cacheReadInputTokens",
+                    "cacheWriteInputTokens")
+_METRICS_COUNTS = ("inputTokenCount", "outputTokenCount", "cacheReadInputTokenCount",
+                   "cacheWriteInputTokenCount")
+
+
 def converse_usage(usage: Any) -> Usage | None:
     """A Converse ``TokenUsage``: ``inputTokens`` excludes cache reads and writes."""
-    if usage is None:
+    counts = cache_counts(usage, "usage", _CONVERSE_COUNTS)
+    if counts is None:
         return None
-    if type(usage) is not dict:
-        raise InvalidUsage("usage")
-    base = count(usage, "inputTokens")
-    output = count(usage, "outputTokens")
-    if base is None and output is None:
-        return None
-    read = count(usage, "cacheReadInputTokens") or 0
-    write = count(usage, "cacheWriteInputTokens") or 0
+    base, output, read, write = counts
     five_min = one_hour = None
     details = usage.get("cacheDetails")
     if details is not None:
@@ -102,7 +103,7 @@ def converse_usage(usage: Any) -> Usage | None:
     fields["cache_write_5m_input_tokens"], fields["cache_write_1h_input_tokens"] = cache_split(
         write, five_min, one_hour
     )
-    return make_usage((base or 0) + read + write, output or 0, fields)
+    return make_usage(base + read + write, output, fields)
 
 
 def converse_body(obj: Any, raw: bytes, call: Call) -> Extraction | None:
@@ -175,17 +176,8 @@ def header_usage(headers: Mapping[str, str]) -> Usage | None:
 
 def metrics_usage(metrics: Any) -> Usage | None:
     """``amazon-bedrock-invocationMetrics`` at the end of an InvokeModel stream."""
-    if metrics is None:
-        return None
-    if type(metrics) is not dict:
-        raise InvalidUsage(_METRICS)
-    base = count(metrics, "inputTokenCount")
-    output = count(metrics, "outputTokenCount")
-    if base is None and output is None:
-        return None
-    read = count(metrics, "cacheReadInputTokenCount") or 0
-    write = count(metrics, "cacheWriteInputTokenCount") or 0
-    return _without_split(base, output, read, write)
+    counts = cache_counts(metrics, _METRICS, _METRICS_COUNTS)
+    return None if counts is None else _without_split(*counts)
 
 
 def invoke_body(obj: Any, raw: bytes, call: Call) -> Extraction | None:

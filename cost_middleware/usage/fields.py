@@ -52,6 +52,23 @@ def count(obj: Mapping[str, Any], key: str) -> int | None:
     return checked(value, key)
 
 
+def cache_counts(
+    usage: Any, where: str, names: tuple[str, str, str, str],
+) -> tuple[int, int, int, int] | None:
+    """``(input, output, cache reads, cache writes)`` of a usage object whose input count
+    leaves out the cache (Anthropic's, Bedrock's), keys given in that order. None when the
+    object is absent or has neither input nor output; :class:`InvalidUsage` (``where``) when
+    it is not an object."""
+    if usage is None:
+        return None
+    if type(usage) is not dict:
+        raise InvalidUsage(where)
+    base, output = count(usage, names[0]), count(usage, names[1])
+    if base is None and output is None:
+        return None
+    return base or 0, output or 0, count(usage, names[2]) or 0, count(usage, names[3]) or 0
+
+
 def section(obj: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     """A nested object such as ``prompt_tokens_details``: None when absent or null."""
     value = obj.get(key)
