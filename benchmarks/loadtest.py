@@ -75,6 +75,7 @@ from rich.table import Table
 from cost_middleware import config
 from cost_middleware.fake_provider import openai_chat
 from cost_middleware.spool import Spool
+from cost_middleware.storage import ensure_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -380,9 +381,10 @@ def _own() -> float:
 
 
 def _empty_records(engine: sa.Engine) -> None:
+    # Created here too, so a server that fails every request still leaves a table to count.
+    ensure_schema(engine)
     with engine.begin() as conn:
-        if conn.execute(sa.text("SELECT to_regclass('cost_records')")).scalar() is not None:
-            conn.execute(sa.text("TRUNCATE cost_records"))
+        conn.execute(sa.text("TRUNCATE cost_records"))
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:

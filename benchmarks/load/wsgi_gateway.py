@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Iterator
+from contextlib import closing
 
 import httpx
 from flask import Flask, Response, request
@@ -57,12 +58,10 @@ def _forward(client: httpx.Client, url: str, body: bytes) -> Response:
                         content_type=answered.headers.get("content-type"))
     streamed = client.send(client.build_request("POST", url, content=body, headers=headers),
                            stream=True)
-
-    def relay() -> Iterator[bytes]:
-        try:
-            yield from streamed.iter_raw()
-        finally:
-            streamed.close()
-
-    return Response(relay(), status=streamed.status_code,
+    return Response(_relay(streamed), status=streamed.status_code,
                     content_type=streamed.headers.get("content-type"))
+
+
+def _relay(streamed: httpx.Response) -> Iterator[bytes]:
+    with closing(streamed):  # when the stream ends or the server drops the iterator
+        yield from streamed.iter_raw()
