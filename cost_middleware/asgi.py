@@ -62,8 +62,9 @@ class CostMiddleware:
     ) -> None:
         tracker = context.tracker
         raw = scope.get("raw_path")
-        capture = tracker.capture(
-            context, target, scope["path"], scope.get("query_string", b"").decode("latin-1"),
+        capture = tracker.guard.call(
+            "capture", Capture, context, target, scope["path"],
+            scope.get("query_string", b"").decode("latin-1"),
             raw.decode("latin-1") if isinstance(raw, bytes) else None,
         )
         if capture is None:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from cost_middleware.metrics import Metrics
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 log = logging.getLogger("cost_middleware")
 
@@ -33,6 +38,14 @@ class Guard:
             # Only the exception type and our own location: messages may quote response text.
             log.error("cost_middleware: internal error in %s (%s); the response was not "
                       "affected; further ones are only counted", where, type(exc).__name__)
+
+    def call(self, where: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
+        """``fn(*args, **kwargs)``, or None after an exception, counted as in :meth:`error`."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            self.error(where, exc)
+            return None
 
     def _first(self, kind: str) -> bool:
         if kind in self._seen:

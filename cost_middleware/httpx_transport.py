@@ -36,9 +36,10 @@ def _open(request: httpx.Request, tracker: CostTracker | None) -> Capture | None
         return None
     if context is None:
         context = RequestContext(owner, request.method, path, {}, perf_counter())
-    capture = owner.capture(context, target, path, request.url.query.decode("latin-1"),
-                            request.url.raw_path.decode("latin-1").split("?", 1)[0],
-                            client_call=True)
+    capture = owner.guard.call("capture", Capture, context, target, path,
+                               request.url.query.decode("latin-1"),
+                               request.url.raw_path.decode("latin-1").split("?", 1)[0],
+                               client_call=True)
     if capture is not None and capture.needs_request_body:
         # A streamed upload cannot be read here: the model then comes from the response.
         with contextlib.suppress(httpx.RequestNotRead):

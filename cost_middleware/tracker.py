@@ -16,15 +16,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from cost_middleware.batcher import Batcher
-from cost_middleware.capture import Capture
 from cost_middleware.config import Settings
-from cost_middleware.context import RequestContext
 from cost_middleware.detect import Detector
 from cost_middleware.guard import Guard
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
 from cost_middleware.spool import Spool
-from cost_middleware.usage.base import Target
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -83,21 +80,6 @@ class CostTracker:
 
     # -- request path -------------------------------------------------------------------
 
-    def capture(
-        self,
-        context: RequestContext,
-        target: Target,
-        path: str,
-        query: str,
-        raw_path: str | None,
-        *,
-        client_call: bool = False,
-    ) -> Capture | None:
-        try:
-            return Capture(context, target, path, query, raw_path, client_call=client_call)
-        except Exception as exc:
-            self.guard.error("capture", exc)
-            return None
 
     def record(self, record: CostRecord) -> None:
         """Queue a record for pricing and storage. Never blocks, never raises."""

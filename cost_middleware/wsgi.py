@@ -42,8 +42,8 @@ class WSGICostMiddleware:
         capture = None
         if target is not None:
             raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-            capture = tracker.capture(
-                context, target, path, environ.get("QUERY_STRING", ""),
+            capture = tracker.guard.call(
+                "capture", Capture, context, target, path, environ.get("QUERY_STRING", ""),
                 raw.split("?", 1)[0] if isinstance(raw, str) else None,
             )
         token = current_request.set(context)

@@ -285,6 +285,23 @@ def test_bad_bodies_are_untouched_and_not_recorded_as_usage(body: bytes, ctype: 
     mw.tracker.metrics.close()
 
 
+def test_a_failing_capture_is_counted_and_the_response_untouched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cost_middleware.capture
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug in our own code")
+
+    monkeypatch.setattr(cost_middleware.capture.Capture, "__init__", broken)
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    data = fixture_bytes(entry)
+    mw, records = collecting(ReplayApp([data[:7], data[7:]]), tmp_path, statsd_enabled=True)
+    sent, error = asyncio.run(call(mw, entry))
+    assert error is None and body_of(sent) == data and records == []
+    assert mw.tracker.metrics.snapshot()["counters"]["skipped.internal_error"] == 1
+    mw.tracker.metrics.close()
+
+
 def test_huge_bodies_are_capped_and_counted(tmp_path: Path) -> None:
     entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
     data = fixture_bytes(entry)
