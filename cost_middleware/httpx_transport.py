@@ -59,6 +59,24 @@ def _start(capture: Capture, response: httpx.Response) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _finished_if_failed(capture: Capture | None) -> Iterator[None]:
+    """A request that raised (connection refused, timeout) ends its capture, cut short."""
+    try:
+        yield
+    except BaseException:
+        if capture is not None:
+            capture.finish(False)
+        raise
+
+
+def _observed(response: httpx.Response, capture: Capture | None,
+              stream: type[_ObservedStream | _AsyncObservedStream]) -> httpx.Response:
+    if capture is not None and not _start(capture, response):
+        response.stream = stream(response.stream, capture)
+    return response
+
+
 class CostTransport(httpx.BaseTransport):
     """A sync httpx transport that records the provider calls passing through it."""
 
@@ -69,15 +87,9 @@ class CostTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         capture = _open(request, self._tracker)
-        try:
+        with _finished_if_failed(capture):
             response = self._inner.handle_request(request)
-        except BaseException:
-            if capture is not None:
-                capture.finish(False)
-            raise
-        if capture is not None and not _start(capture, response):
-            response.stream = _ObservedStream(response.stream, capture)
-        return response
+        return _observed(response, capture, _ObservedStream)
 
     def close(self) -> None:
         self._inner.close()
@@ -93,27 +105,25 @@ class AsyncCostTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         capture = _open(request, self._tracker)
-        try:
+        with _finished_if_failed(capture):
             response = await self._inner.handle_async_request(request)
-        except BaseException:
-            if capture is not None:
-                capture.finish(False)
-            raise
-        if capture is not None and not _start(capture, response):
-            response.stream = _AsyncObservedStream(response.stream, capture)
-        return response
+        return _observed(response, capture, _AsyncObservedStream)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-class _ObservedStream(httpx.SyncByteStream):
+class _Observer:
+    """What both stream wrappers hold: the inner stream, the capture, whether it ended."""
+
     def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream,
                  capture: Capture) -> None:
         self._stream = stream
         self._capture = capture
         self._complete = False
 
+
+class _ObservedStream(_Observer, httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         if not isinstance(self._stream, httpx.SyncByteStream):
             raise TypeError("a sync transport returned an async response stream")
@@ -130,13 +140,7 @@ class _ObservedStream(httpx.SyncByteStream):
             self._capture.finish(self._complete)
 
 
-class _AsyncObservedStream(httpx.AsyncByteStream):
-    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream,
-                 capture: Capture) -> None:
-        self._stream = stream
-        self._capture = capture
-        self._complete = False
-
+class _AsyncObservedStream(_Observer, httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if not isinstance(self._stream, httpx.AsyncByteStream):
             raise TypeError("an async transport returned a sync response stream")

@@ -132,3 +132,41 @@ def test_without_a_request_or_tracker_nothing_happens() -> None:
 
     with httpx.Client(transport=CostTransport(httpx.MockTransport(handler))) as client:
         assert client.post("https://x.test/v1/chat/completions", json={}).json() == {"ok": True}
+
+
+def test_a_failed_call_propagates_and_ends_its_capture(tmp_path: Path) -> None:
+    """Connection errors reach the caller unchanged, sync and async; nothing is recorded and
+    no internal error is counted."""
+    tracker = CostTracker(Settings(statsd_enabled=True, database_url=f"sqlite:///{tmp_path}/x.db",
+                                   spool_dir=str(tmp_path / "spool")))
+    records = collect(tracker)
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    url = "https://api.openai.test/v1/chat/completions"
+    with httpx.Client(transport=CostTransport(httpx.MockTransport(refuse),
+                                              tracker=tracker)) as client:
+        try:
+            client.post(url, json=CHAT)
+        except httpx.ConnectError as error:
+            assert "refused" in str(error)
+        else:
+            raise AssertionError("the error was swallowed")
+
+    async def refuse_async(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def go() -> None:
+        transport = AsyncCostTransport(httpx.MockTransport(refuse_async), tracker=tracker)
+        async with httpx.AsyncClient(transport=transport) as client:
+            try:
+                await client.post(url, json=CHAT)
+            except httpx.ConnectError:
+                return
+            raise AssertionError("the error was swallowed")
+
+    asyncio.run(go())
+    assert records == []
+    assert "skipped.internal_error" not in tracker.metrics.snapshot()["counters"]
+    tracker.close()
