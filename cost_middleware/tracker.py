@@ -13,7 +13,8 @@ import threading
 import weakref
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 from cost_middleware.batcher import Batcher
 from cost_middleware.config import Settings
@@ -37,6 +38,7 @@ _ZERO = Decimal(0)
 _TOKEN_KINDS = tuple((name.removesuffix("_tokens"), name) for name in (
     "input_tokens", "cached_input_tokens", "cache_write_input_tokens", "output_tokens",
     "reasoning_tokens"))
+_token_counts = attrgetter(*(attribute for _, attribute in _TOKEN_KINDS))
 
 
 class CostTracker:
@@ -161,18 +163,30 @@ class CostTracker:
         counter's total matches the ledger instead of drifting low.
         """
         metrics = self.metrics
+        # Grouped by the raw names first, labelled once per group: per record this is only a
+        # dict lookup and two appends (it runs under the GIL the request threads want).
+        groups: dict[tuple[str, str | None], tuple[list[Decimal], list[tuple[Any, ...]]]] = {}
+        for r in records:
+            group = groups.get((r.provider, r.model))
+            if group is None:
+                group = groups[(r.provider, r.model)] = ([], [])
+            if r.cost_usd is not None:
+                group[0].append(r.cost_usd)
+            if r.usage is not None:
+                group[1].append(_token_counts(r.usage))
         costs: dict[tuple[str, str], Decimal] = {}
         tokens: dict[tuple[str, str, str], int] = {}
-        for r in records:
-            key = (metrics.label("provider", r.provider), metrics.label("model", r.model))
-            if r.cost_usd is not None:
-                costs[key] = costs.get(key, _ZERO) + r.cost_usd
-            usage = r.usage
-            if usage is not None:
-                for kind, attribute in _TOKEN_KINDS:
-                    value = getattr(usage, attribute)
-                    if value:
-                        tokens[(kind, *key)] = tokens.get((kind, *key), 0) + value
+        for (provider_name, model_name), (usds, counts) in groups.items():
+            # Several names can share a label (sanitized alike, or the "other" bucket).
+            key = (metrics.label("provider", provider_name), metrics.label("model", model_name))
+            if usds:
+                costs[key] = costs.get(key, _ZERO) + sum(usds, _ZERO)
+            if not counts:
+                continue
+            for (kind, _), column in zip(_TOKEN_KINDS, zip(*counts, strict=True), strict=True):
+                total = sum(filter(None, column))  # None: a count the provider did not report
+                if total:
+                    tokens[(kind, *key)] = tokens.get((kind, *key), 0) + total
         carry = self._cost_carry
         for (provider, model), usd in costs.items():
             micro = usd * _MICRO + carry.get((provider, model), _ZERO)
