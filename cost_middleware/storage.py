@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -52,8 +53,11 @@ MAX_USD = Decimal(9_000_000)
 _COLUMNS = tuple(c.name for c in cost_records.columns)
 _STAGE = "cost_records_stage"
 _SUPPORTED = (("sqlite", "pysqlite"), ("postgresql", "psycopg"))
-#: SQLite rows per INSERT statement: 600 parameters, within the oldest SQLite limit (999).
-_ROWS_PER_INSERT = 25
+#: The most rows one SQLite INSERT carries (fewer when the library's variable limit is lower:
+#: 999 before SQLite 3.32). Each statement releases the GIL once, and under load every release
+#: means waiting to win it back from the request threads: a batch of 500 is now 6 statements
+#: (it was 20 of 25 rows), and the rest of a partial batch no longer goes row by row.
+_MAX_ROWS_PER_INSERT = 256
 #: Connections a forked child inherited: never used or closed here (the socket and the
 #: SQLite locks belong to the parent), only kept so their finalizers never run in the child.
 _INHERITED: list[Any] = []
@@ -458,13 +462,15 @@ class SQLSink:
         self._copy_staged = f"COPY {_STAGE} ({names}) FROM STDIN (FORMAT BINARY)"
         self._insert_staged = (f"INSERT INTO {table} ({names}) SELECT {names} FROM {_STAGE} "
                                f"ON CONFLICT ({quote('record_id')}) DO NOTHING")
-        # SQLite: one statement inserts _ROWS_PER_INSERT rows (a batch's tail goes one by
-        # one); the driver's and SQLite's per-statement work was a sixth of a row's cost.
+        # SQLite: multi-row INSERTs of power-of-two sizes, so any batch is a few statements
+        # (500 rows: 256 + 128 + 64 + 32 + 16 + 4) that SQLite's statement cache keeps.
         values = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
-        insert = f"INSERT INTO {table} ({names}) VALUES "
-        conflict = f" ON CONFLICT ({quote('record_id')}) DO NOTHING"
-        self._insert_one = insert + values + conflict
-        self._insert_many = insert + ", ".join([values] * _ROWS_PER_INSERT) + conflict
+        self._insert_head = f"INSERT INTO {table} ({names}) VALUES "
+        self._insert_values = values
+        self._insert_tail = f" ON CONFLICT ({quote('record_id')}) DO NOTHING"
+        #: (rows, statement) by decreasing size, made at the first write (the connection
+        #: tells the library's variable limit).
+        self._inserts: tuple[tuple[int, str], ...] = ()
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._fairy: Any = None  # the pool's proxy of our connection, detached
@@ -527,23 +533,33 @@ class SQLSink:
 
     def _insert_rows(self, conn: Any, built: Iterator[tuple[Any, ...]]) -> int:
         rows = list(built)
-        n = _ROWS_PER_INSERT
-        grouped = len(rows) - len(rows) % n
-        inserted = 0
+        if not self._inserts:
+            self._inserts = self._insert_statements(conn)
+        inserted = done = 0
+        flat = chain.from_iterable
         cursor = conn.cursor()
         try:
-            if grouped:
-                flat = chain.from_iterable
-                cursor.executemany(self._insert_many,
-                                   (tuple(flat(rows[i:i + n])) for i in range(0, grouped, n)))
+            for size, sql in self._inserts:
+                end = done + (len(rows) - done) // size * size
+                if end == done:
+                    continue
+                cursor.executemany(sql, (tuple(flat(rows[i:i + size]))
+                                         for i in range(done, end, size)))
                 inserted += cursor.rowcount
-            if grouped < len(rows):
-                cursor.executemany(self._insert_one, rows[grouped:])
-                inserted += cursor.rowcount
+                done = end
         finally:
             cursor.close()
         conn.commit()
         return inserted
+
+    def _insert_statements(self, conn: Any) -> tuple[tuple[int, str], ...]:
+        fits = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS)
+        largest = min(_MAX_ROWS_PER_INSERT, 1 << (max(1, fits).bit_length() - 1))
+        return tuple(
+            (size, self._insert_head + ", ".join([self._insert_values] * size)
+             + self._insert_tail)
+            for size in (1 << i for i in reversed(range(largest.bit_length())))
+        )
 
     def _copy_rows(self, conn: Any, records: Sequence[CostRecord]) -> int:
         from psycopg import errors

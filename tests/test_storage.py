@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,8 +23,8 @@ from cost_middleware.records import CostRecord
 from cost_middleware.schema import USD_SCALE, ExactDecimal, cost_records
 from cost_middleware.storage import (
     _COLUMNS,
+    _MAX_ROWS_PER_INSERT,
     _ROW_ORDER,
-    _ROWS_PER_INSERT,
     MAX_USD,
     MemorySink,
     SQLSink,
@@ -348,10 +349,9 @@ def test_money_units_round_half_even_to_pico_dollars(value: Decimal) -> None:
     assert kind.units(value) == int(exact.scaleb(USD_SCALE))
 
 
-def test_batches_around_the_rows_per_insert(engine: sa.Engine, sink: SQLSink) -> None:
-    """SQLite sends groups of rows per statement and the tail one by one; duplicates
-    inside a group, across groups and in the tail are each stored once."""
-    n = _ROWS_PER_INSERT
+def check_batches_around(n: int, engine: sa.Engine, sink: SQLSink) -> None:
+    """Batches of sizes around the statement sizes; duplicates inside a statement, across
+    statements and in the smallest ones are each stored once."""
     first = [make_record(full_usage()) for _ in range(2 * n + 7)]
     assert sink.write(first) == len(first)
     fresh = [make_record(None) for _ in range(n + 3)]
@@ -362,6 +362,32 @@ def test_batches_around_the_rows_per_insert(engine: sa.Engine, sink: SQLSink) ->
     with engine.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(cost_records)).scalar_one()
     assert total == len(first) + len(fresh) + n + 1
+
+
+def test_batches_around_the_rows_per_insert(engine: sa.Engine, sink: SQLSink) -> None:
+    check_batches_around(_MAX_ROWS_PER_INSERT, engine, sink)
+    if engine.dialect.name == "sqlite":
+        # 519 rows: 256 + 256 + 4 + 2 + 1, each size one cached statement.
+        assert [size for size, _ in sink._inserts[:2]] == [256, 128]
+
+
+def test_an_old_sqlite_variable_limit_is_respected(sqlite_url: str) -> None:
+    """SQLite before 3.32 allows 999 parameters per statement: 41 rows of 24 columns, so
+    statements carry at most 32 rows there."""
+    engine = make_engine(sqlite_url)
+
+    @sa.event.listens_for(engine, "connect")
+    def old_limit(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+    ensure_schema(engine)
+    sink = SQLSink(engine)
+    try:
+        check_batches_around(100, engine, sink)
+        assert sink._inserts[0][0] == 32
+    finally:
+        sink.close()
+        engine.dispose()
 
 
 def test_sqlite_engine_settings_and_creates_nothing(sqlite_url: str) -> None:
