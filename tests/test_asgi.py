@@ -232,6 +232,28 @@ def test_app_exception_mid_stream_is_reraised_and_recorded_partial(tmp_path: Pat
     assert records[0].model == entry["model"]
 
 
+@pytest.mark.parametrize("sent_bytes", [0, 25])
+def test_a_stream_cut_before_its_first_event_is_recorded_partial(sent_bytes: int,
+                                                                 tmp_path: Path) -> None:
+    """The call was made: a stream cut before (or inside) its first event still leaves a
+    partial row, without usage, like a stream cut later."""
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat_stream.sse")
+    data = fixture_bytes(entry)
+    chunks = [data[:sent_bytes], data[sent_bytes:]] if sent_bytes else [data]
+    app = ReplayApp(chunks, 200, content_headers(entry), fail_after=len(chunks) - 1)
+    mw, records = collecting(app, tmp_path, statsd_enabled=True)
+    sent, error = asyncio.run(call(mw, entry, body=b'{"model": "gpt-4o-mini", "stream": true}'))
+    assert isinstance(error, RuntimeError)
+    assert body_of(sent) == data[:sent_bytes]
+    assert len(records) == 1
+    record = records[0]
+    assert record.partial is True and record.usage is None and record.streamed is True
+    assert (record.provider, record.api) == ("openai", entry["api"])
+    counters = mw.tracker.metrics.snapshot()["counters"]
+    assert counters["usage.missing"] == 1 and "skipped.internal_error" not in counters
+    mw.tracker.metrics.close()
+
+
 def test_request_body_reaches_the_app_unchanged(tmp_path: Path) -> None:
     entry = next(e for e in ENTRIES if e["provider"] == "cohere")
     app = ReplayApp([fixture_bytes(entry)], 200, content_headers(entry))

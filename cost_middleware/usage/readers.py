@@ -217,24 +217,32 @@ class FrameDecoder(Protocol):
 class StreamReader:
     """A framed stream: every event goes to the family's :class:`Stream`."""
 
-    __slots__ = ("_decoder", "_stream", "skip_reason")
+    __slots__ = ("_decoder", "_seen", "_stream", "skip_reason")
 
     def __init__(self, decoder: FrameDecoder, stream: Stream) -> None:
         self.skip_reason: str | None = None
         self._decoder = decoder
         self._stream = stream
+        #: An event reached the stream.
+        self._seen = False
         stream.call.streamed = True
 
     def feed(self, chunk: bytes) -> None:
         events = self._decoder.feed(chunk)
         if events:
-            self._stream.events(events)
+            self._give(events)
 
     def finish(self, complete: bool) -> Extraction | None:
         events = self._decoder.close()
         if events:
+            # What close() frames ends at the end of input, maybe cut: not a seen event.
             self._stream.events(events)
         return self._result(complete)
+
+    def _give(self, events: list[Event]) -> None:
+        """Events framed before the end of input."""
+        self._seen = True
+        self._stream.events(events)
 
     def _result(self, complete: bool) -> Extraction | None:
         """The stream's extraction, once every event has reached it."""
@@ -244,6 +252,10 @@ class StreamReader:
         call = stream.call
         call.partial = not complete or not stream.terminal or stream.failed or error is not None
         result = stream.result()
+        if result is None and not complete and not self._seen and error is None:
+            # Cut before its first event (a client gone, a server stopping): the call was
+            # made, so it gets a partial row without usage, like a stream cut later.
+            result = call.extraction(None, None)
         if result is None:
             self.skip_reason = call.skip_reason or error or NOT_PROVIDER_SHAPE
         else:
@@ -304,7 +316,7 @@ class SSEReader(StreamReader):
                 return
         events = decoder.feed(chunk)
         if events:
-            stream.events(events)
+            self._give(events)
 
     def _decode(self) -> None:
         """Decode the collected reads."""
@@ -315,9 +327,8 @@ class SSEReader(StreamReader):
         decoder = self._decoder
         events = decoder.feed(data)
         if events:
-            stream = self._stream
-            stream.events(events)
-            decoder.keep = stream.keep
+            self._give(events)
+            decoder.keep = self._stream.keep
 
     def _take_tail(self, chunk: bytes, cut: int, sep: bytes) -> None:
         """Decode ``chunk`` up to its first blank line (ending at ``cut``), keep the rest raw."""
@@ -325,7 +336,7 @@ class SSEReader(StreamReader):
         decoder = self._decoder
         events = decoder.feed(chunk[:cut])
         if events:
-            stream.events(events)
+            self._give(events)
         if decoder.error is not None:
             self._tailing = False
             return
@@ -341,7 +352,7 @@ class SSEReader(StreamReader):
         decoder, events = tail.resume()
         self._decoder = decoder
         if events:
-            self._stream.events(events)
+            self._give(events)
 
     def finish(self, complete: bool) -> Extraction | None:
         tail = self._tail
