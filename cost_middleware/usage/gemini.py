@@ -21,7 +21,7 @@ from cost_middleware.usage.fields import (
     mapping,
 )
 from cost_middleware.usage.model import Extraction, Usage
-from cost_middleware.usage.readers import Call, Stream
+from cost_middleware.usage.readers import Call, ProbedStream
 
 #: Raw chunks kept from the end of a stream: the last snapshot is in the last one or two.
 _KEEP = 4
@@ -116,7 +116,7 @@ def locate(call: Call) -> None:
         call.fallback_model = label(path[start + 8 : colon])
 
 
-class GenerateStream(Stream):
+class GenerateStream(ProbedStream):
     """``GenerateContentResponse`` chunks, from SSE (``alt=sse``) or a streamed JSON array.
 
     The first chunk gives the model; raw chunks are kept in a short ring, and at the end the
@@ -124,33 +124,25 @@ class GenerateStream(Stream):
     only the ring matters: an SSE stream is then read from its raw tail.
     """
 
-    __slots__ = ("model", "recent", "shape")
+    __slots__ = ("recent",)
 
     TAIL_EVENTS = _KEEP
 
     def __init__(self, call: Call) -> None:
         super().__init__(call)
-        self.model: str | None = None
-        #: None until the first JSON chunk; then whether it was a Gemini chunk.
-        self.shape: bool | None = None
         self.recent: deque[Event] = deque(maxlen=_KEEP)
 
     def events(self, events: list[Event]) -> None:
         if self.shape is None:
-            for _, data in events:
-                self._probe(data)
-                if self.shape is not None:
-                    break
+            self.probe(events)
         self.recent.extend(events)
 
     def head_read(self) -> bool:
         return self.shape is not None
 
-    def _probe(self, data: bytes) -> None:
-        obj = loads(data)
-        if type(obj) is dict:
-            self.shape = is_chunk(obj)
-            self.model = label(obj.get("modelVersion"))
+    def first(self, obj: dict[str, Any]) -> None:
+        self.shape = is_chunk(obj)
+        self.model = label(obj.get("modelVersion"))
 
     def settle(self) -> None:
         recent = self.recent

@@ -14,7 +14,7 @@ from typing import Any
 from cost_middleware.decoders import Event
 from cost_middleware.usage.fields import count, label, loads, make_usage
 from cost_middleware.usage.model import Extraction, Usage
-from cost_middleware.usage.readers import Call, Stream
+from cost_middleware.usage.readers import Call, ProbedStream
 
 
 def final_usage(obj: Mapping[str, Any]) -> Usage:
@@ -38,32 +38,24 @@ def body(obj: Any, raw: bytes, call: Call) -> Extraction | None:
     return _extraction(obj, call, None)
 
 
-class NDJSONStream(Stream):
+class NDJSONStream(ProbedStream):
     """One JSON object per line; only the last (``done: true``) has counts."""
 
-    __slots__ = ("last", "model", "shape")
+    __slots__ = ("last",)
 
     def __init__(self, call: Call) -> None:
         super().__init__(call)
-        self.model: str | None = None
-        #: None until the first JSON line; then whether it was an Ollama object.
-        self.shape: bool | None = None
         self.last = b""
 
     def events(self, events: list[Event]) -> None:
         if self.shape is None:
-            for _, data in events:
-                self._probe(data)
-                if self.shape is not None:
-                    break
+            self.probe(events)
         self.last = events[-1].data
 
-    def _probe(self, data: bytes) -> None:
-        obj = loads(data)
-        if type(obj) is dict:
-            self.shape = is_object(obj)
-            self.model = label(obj.get("model"))
-            self.failed = "error" in obj
+    def first(self, obj: dict[str, Any]) -> None:
+        self.shape = is_object(obj)
+        self.model = label(obj.get("model"))
+        self.failed = "error" in obj
 
     def settle(self) -> None:
         last = self.last

@@ -139,6 +139,31 @@ class Stream:
         raise NotImplementedError
 
 
+class ProbedStream(Stream):
+    """A stream that learns from its first JSON event whether it has the provider's shape,
+    and the model that event names (Gemini chunks, Ollama lines)."""
+
+    __slots__ = ("model", "shape")
+
+    def __init__(self, call: Call) -> None:
+        super().__init__(call)
+        self.model: str | None = None
+        #: None until the first JSON event; then whether it had the provider's shape.
+        self.shape: bool | None = None
+
+    def probe(self, events: list[Event]) -> None:
+        """Read the first JSON object among ``events`` into ``shape`` and ``model``."""
+        for _, data in events:
+            obj = loads(data)
+            if type(obj) is dict:
+                self.first(obj)
+                return
+
+    def first(self, obj: dict[str, Any]) -> None:
+        """Set ``shape`` (and ``model``) from the first JSON object."""
+        raise NotImplementedError
+
+
 class EventStream(Stream):
     """A stream whose events are handled one at a time (named events, mostly)."""
 
