@@ -82,7 +82,6 @@ class CostTracker:
 
     # -- request path -------------------------------------------------------------------
 
-
     def record(self, record: CostRecord) -> None:
         """Queue a record for pricing and storage. Never blocks, never raises."""
         self.batcher.submit(record)
