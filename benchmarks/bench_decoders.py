@@ -18,7 +18,7 @@ from time import perf_counter
 import orjson
 from common import network_reads
 
-from cost_middleware.decoders import (
+from cost_middleware.body.decoders import (
     Event,
     EventStreamDecoder,
     JSONArrayDecoder,
@@ -26,9 +26,9 @@ from cost_middleware.decoders import (
     SSEDecoder,
     SSETail,
 )
-from cost_middleware.decompress import BROTLI_AVAILABLE, make_decompressor
+from cost_middleware.body.decompress import BROTLI_AVAILABLE, make_decompressor
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus"
 EVENTS = 100
 
 

@@ -19,13 +19,13 @@ from urllib.parse import unquote
 import orjson
 from common import network_reads
 
-from cost_middleware.decoders import SSEDecoder
-from cost_middleware.detect import Detector
+from cost_middleware.body.decoders import SSEDecoder
 from cost_middleware.usage.base import Exchange
+from cost_middleware.usage.detect import Detector
 from cost_middleware.usage.model import Extraction, Usage
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE_DIRS = (ROOT.parent / "shared" / "fixtures", ROOT / "tests" / "fixtures")
+FIXTURE_DIRS = (ROOT / "tests" / "fixtures" / "corpus", ROOT / "tests" / "fixtures")
 DETECTOR = Detector()
 
 

@@ -39,14 +39,14 @@ from typing import Any
 import sqlalchemy as sa
 from common import NO_POSTGRES, Result, interleave, postgres_database, standalone
 
-from cost_middleware.batcher import Batcher
 from cost_middleware.config import Settings
+from cost_middleware.engine.batcher import Batcher
+from cost_middleware.engine.spool import REPLAY_CHUNK, Spool
+from cost_middleware.engine.tracker import CostTracker
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
 from cost_middleware.schema import cost_records
-from cost_middleware.spool import REPLAY_CHUNK, Spool
-from cost_middleware.storage import SQLSink, ensure_schema, make_engine, record_row
-from cost_middleware.tracker import CostTracker
+from cost_middleware.storage.sql import SQLSink, ensure_schema, make_engine, record_row
 from cost_middleware.usage.model import Usage
 
 WRITE_LIMIT = 100_000

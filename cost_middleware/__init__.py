@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from cost_middleware.asgi import CostMiddleware
     from cost_middleware.config import ConfigError, Settings
     from cost_middleware.context import record_usage
+    from cost_middleware.engine.tracker import CostTracker
     from cost_middleware.pricing.book import PriceBook
     from cost_middleware.pricing.price import Price
     from cost_middleware.records import CostRecord
-    from cost_middleware.tracker import CostTracker
     from cost_middleware.usage.model import Usage
     from cost_middleware.wsgi import WSGICostMiddleware
 
@@ -24,7 +24,7 @@ _WHERE = {
     "ConfigError": "cost_middleware.config",
     "CostMiddleware": "cost_middleware.asgi",
     "CostRecord": "cost_middleware.records",
-    "CostTracker": "cost_middleware.tracker",
+    "CostTracker": "cost_middleware.engine.tracker",
     "Price": "cost_middleware.pricing.price",
     "PriceBook": "cost_middleware.pricing.book",
     "Settings": "cost_middleware.config",

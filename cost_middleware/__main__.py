@@ -1,5 +1,5 @@
 import sys
 
-from cost_middleware.cli import main
+from cost_middleware.ops.cli import main
 
 sys.exit(main())

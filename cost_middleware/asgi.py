@@ -11,7 +11,7 @@ from cost_middleware._types import ASGIApp, Message, Receive, Scope, Send
 from cost_middleware.capture import Capture
 from cost_middleware.config import Settings
 from cost_middleware.context import RequestContext, current_request
-from cost_middleware.tracker import CostTracker
+from cost_middleware.engine.tracker import CostTracker
 from cost_middleware.usage.base import Target
 
 log = logging.getLogger("cost_middleware")

@@ -12,13 +12,13 @@ from collections.abc import Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from cost_middleware.body.decompress import BROTLI_AVAILABLE, make_decompressor
 from cost_middleware.context import MAX_ROUTE, RequestContext
-from cost_middleware.decompress import BROTLI_AVAILABLE, make_decompressor
 from cost_middleware.records import CostRecord
 from cost_middleware.usage.base import Exchange, Reader, Target
 
 if TYPE_CHECKING:
-    from cost_middleware.decompress import Decompressor
+    from cost_middleware.body.decompress import Decompressor
 
 #: Request bodies are only read for targets that need them (Cohere's model, stream flags).
 MAX_REQUEST_BODY = 1 << 20

@@ -15,7 +15,7 @@ from cost_middleware.records import CostRecord, new_record_id
 from cost_middleware.usage.model import Usage
 
 if TYPE_CHECKING:
-    from cost_middleware.tracker import CostTracker
+    from cost_middleware.engine.tracker import CostTracker
 
 #: Attribution values are untrusted; keep them to the column widths.
 MAX_TENANT = 256

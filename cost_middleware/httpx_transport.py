@@ -21,7 +21,7 @@ import httpx
 
 from cost_middleware.capture import Capture
 from cost_middleware.context import RequestContext, current_request
-from cost_middleware.tracker import CostTracker
+from cost_middleware.engine.tracker import CostTracker
 
 
 def _open(request: httpx.Request, tracker: CostTracker | None) -> Capture | None:

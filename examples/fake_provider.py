@@ -3,6 +3,6 @@
     uvicorn examples.fake_provider:app --port 9100
 """
 
-from cost_middleware.fake_provider import fake_provider_app as app
+from cost_middleware.ops.fake_provider import fake_provider_app as app
 
 __all__ = ["app"]

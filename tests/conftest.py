@@ -19,7 +19,8 @@ from faults import Proxy
 from cost_middleware import config
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+#: The provider corpus (responses and the usage a correct extractor reports), kept in the repo.
+CORPUS_FIXTURES = ROOT / "tests" / "fixtures" / "corpus"
 LOCAL_FIXTURES = ROOT / "tests" / "fixtures"
 PG_ADMIN_URL = os.environ.get("COST_MIDDLEWARE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI") == "true"
@@ -40,7 +41,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def load_expected() -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
-    for folder in (SHARED_FIXTURES, LOCAL_FIXTURES):
+    for folder in (CORPUS_FIXTURES, LOCAL_FIXTURES):
         path = folder / "EXPECTED.json"
         if path.exists():
             for entry in json.loads(path.read_text()):
@@ -258,7 +259,7 @@ def catalog_cost(entry: dict[str, Any], usage: Any) -> Any:
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Any]:
     """An engine on :func:`db_url` (SQLite and PostgreSQL) with our tables created."""
-    from cost_middleware.storage import ensure_schema, make_engine
+    from cost_middleware.storage.sql import ensure_schema, make_engine
 
     eng = make_engine(db_url)
     ensure_schema(eng)

@@ -8,7 +8,7 @@ import orjson
 from flask import Flask, Response, request
 
 from cost_middleware import CostMiddleware, WSGICostMiddleware
-from cost_middleware.fake_provider import FakeProviderApp, respond
+from cost_middleware.ops.fake_provider import FakeProviderApp, respond
 
 asgi_app = CostMiddleware(FakeProviderApp())
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from cost_middleware import batcher as batcher_module
-from cost_middleware.batcher import Batcher
 from cost_middleware.config import Settings
+from cost_middleware.engine import batcher as batcher_module
+from cost_middleware.engine.batcher import Batcher
+from cost_middleware.engine.spool import Spool
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
-from cost_middleware.spool import Spool
-from cost_middleware.storage import MemorySink
+from cost_middleware.storage.sql import MemorySink
 from cost_middleware.usage.model import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -430,11 +430,11 @@ def test_atexit_hook_closes_live_batchers(make: Callable[..., Batcher]) -> None:
 FORK_SCRIPT = """
 import os, sys
 from collections.abc import Sequence
-from cost_middleware.batcher import Batcher
+from cost_middleware.engine.batcher import Batcher
 from cost_middleware.config import Settings
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
-from cost_middleware.spool import Spool
+from cost_middleware.engine.spool import Spool
 directory = sys.argv[1]
 
 class FileSink:

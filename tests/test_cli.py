@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cost_middleware.cli import main
+from cost_middleware.ops.cli import main
 
 
 @pytest.fixture
@@ -94,8 +94,8 @@ def test_spool_replay_prices_and_stores(env: Path, capsys: pytest.CaptureFixture
     import sqlalchemy as sa
 
     from cost_middleware import CostRecord, Usage
+    from cost_middleware.engine.spool import Spool
     from cost_middleware.schema import cost_records
-    from cost_middleware.spool import Spool
 
     spool = Spool(str(env / "spool"))
     spool.append([CostRecord(provider="openai", api="chat_completions", model="gpt-4o",

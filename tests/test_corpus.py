@@ -1,11 +1,11 @@
 """The fixture corpus the provider tests are parametrized over is really there."""
 
-from conftest import LOCAL_FIXTURES, SHARED_FIXTURES, load_expected
+from conftest import LOCAL_FIXTURES, CORPUS_FIXTURES, load_expected
 
 
-def test_shared_and_local_fixtures_are_loaded() -> None:
+def test_corpus_and_local_fixtures_are_loaded() -> None:
     entries = load_expected()
     dirs = {e["_dir"] for e in entries}
-    assert str(SHARED_FIXTURES) in dirs, f"missing {SHARED_FIXTURES}/EXPECTED.json"
+    assert str(CORPUS_FIXTURES) in dirs, f"missing {CORPUS_FIXTURES}/EXPECTED.json"
     assert str(LOCAL_FIXTURES) in dirs
-    assert sum(e["_dir"] == str(SHARED_FIXTURES) for e in entries) >= 37
+    assert sum(e["_dir"] == str(CORPUS_FIXTURES) for e in entries) >= 37

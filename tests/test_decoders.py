@@ -16,7 +16,7 @@ from conftest import fixture_bytes, fixture_chunks, load_expected
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cost_middleware.decoders import (
+from cost_middleware.body.decoders import (
     BODY_TOO_LARGE,
     EVENTSTREAM_CRC,
     EVENTSTREAM_FRAMING,

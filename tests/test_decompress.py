@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cost_middleware import decompress
-from cost_middleware.decompress import (
+from cost_middleware.body import decompress
+from cost_middleware.body.decompress import (
     BROTLI_AVAILABLE,
     CORRUPT,
     TOO_LARGE,

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from conftest import fixture_bytes, load_expected
 
-from cost_middleware.detect import Detector
 from cost_middleware.usage.base import Exchange
+from cost_middleware.usage.detect import Detector
 
 DETECTOR = Detector()
 

@@ -23,13 +23,13 @@ import pytest
 import sqlalchemy as sa
 from faults import Proxy
 
-from cost_middleware.batcher import Batcher
 from cost_middleware.config import Settings
+from cost_middleware.engine.batcher import Batcher
+from cost_middleware.engine.spool import Spool
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
 from cost_middleware.schema import cost_records
-from cost_middleware.spool import Spool
-from cost_middleware.storage import SQLSink, ensure_schema, make_engine
+from cost_middleware.storage.sql import SQLSink, ensure_schema, make_engine
 from cost_middleware.usage.model import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,12 +145,12 @@ def test_close_during_an_outage_spools_and_the_next_process_replays(
 
 CHILD = """
 import os, signal, sys, time
-from cost_middleware.batcher import Batcher
+from cost_middleware.engine.batcher import Batcher
 from cost_middleware.config import Settings
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
-from cost_middleware.spool import Spool
-from cost_middleware.storage import SQLSink, make_engine
+from cost_middleware.engine.spool import Spool
+from cost_middleware.storage.sql import SQLSink, make_engine
 url, spool_dir, log_path, mode = sys.argv[1:5]
 if mode == "term":
     # What uvicorn and gunicorn do: SIGTERM becomes a normal exit, which runs atexit.
@@ -297,8 +297,8 @@ def test_a_torn_spool_tail_is_skipped_and_the_rest_replayed(
 
 REPLAYER = """
 import os, sys, time
-from cost_middleware.spool import Spool
-from cost_middleware.storage import SQLSink, make_engine
+from cost_middleware.engine.spool import Spool
+from cost_middleware.storage.sql import SQLSink, make_engine
 url, spool_dir, out, go = sys.argv[1:5]
 sink = SQLSink(make_engine(url))
 

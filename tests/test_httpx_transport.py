@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cost_middleware import CostMiddleware, CostRecord, Settings
-from cost_middleware.fake_provider import fake_provider_app
+from cost_middleware.engine.tracker import CostTracker
 from cost_middleware.httpx_transport import AsyncCostTransport, CostTransport
-from cost_middleware.tracker import CostTracker
+from cost_middleware.ops.fake_provider import fake_provider_app
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -111,7 +111,7 @@ def test_outside_a_request_the_given_tracker_records(tmp_path: Path) -> None:
         if request.method != "POST":
             return httpx.Response(200, json={"data": []})
         body: Any = orjson.loads(request.content)
-        from cost_middleware.fake_provider import anthropic_messages
+        from cost_middleware.ops.fake_provider import anthropic_messages
 
         return httpx.Response(200, content=anthropic_messages(body["model"], body),
                               headers={"content-type": "application/json"})

@@ -224,10 +224,10 @@ def test_expected_cost_checks_through_matching_and_the_bundled_catalog(book: Pri
     import json
 
     from cost_middleware.usage.model import Usage
-    from tests.conftest import SHARED_FIXTURES
+    from tests.conftest import CORPUS_FIXTURES
 
     fields = {f.name for f in dataclasses.fields(Usage)}
-    entries = json.loads((SHARED_FIXTURES / "EXPECTED.json").read_text(), parse_float=Decimal)
+    entries = json.loads((CORPUS_FIXTURES / "EXPECTED.json").read_text(), parse_float=Decimal)
     checked = 0
     for entry in entries:
         if entry.get("cost_check"):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from cost_middleware.pricing.price import EPOCH, RATE_DECIMALS, Price, PriceError, Tier
 from cost_middleware.schema import RATE_SCALE
 from cost_middleware.usage.model import Usage
-from tests.conftest import SHARED_FIXTURES
+from tests.conftest import CORPUS_FIXTURES
 
 D = Decimal
 _USAGE_FIELDS = {f.name for f in dataclasses.fields(Usage)}
@@ -28,7 +28,7 @@ def usage(**counts: Any) -> Usage:
 
 
 def expected_cost_checks() -> list[dict[str, Any]]:
-    entries = json.loads((SHARED_FIXTURES / "EXPECTED.json").read_text(), parse_float=Decimal)
+    entries = json.loads((CORPUS_FIXTURES / "EXPECTED.json").read_text(), parse_float=Decimal)
     return [e for e in entries if e.get("cost_check")]
 
 

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from conftest import ROOT, free_port
 from faults import Proxy
 
+from cost_middleware.engine.spool import Spool
 from cost_middleware.schema import cost_records
-from cost_middleware.spool import Spool
 
 BIN = Path(sys.executable).parent
 SERVERS: dict[str, Callable[[int], list[str]]] = {

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from cost_middleware.config import ConfigError
 from cost_middleware.records import CostRecord
 from cost_middleware.schema import USD_SCALE, ExactDecimal, cost_records
-from cost_middleware.storage import (
+from cost_middleware.storage.sql import (
     _COLUMNS,
     _MAX_ROWS_PER_INSERT,
     _ROW_ORDER,
@@ -475,7 +475,7 @@ def test_reconnects_after_the_connection_dies(pg_url: str) -> None:
 
 FORK_SCRIPT = """
 import os, sys
-from cost_middleware.storage import SQLSink, make_engine
+from cost_middleware.storage.sql import SQLSink, make_engine
 from cost_middleware.records import CostRecord
 engine = make_engine(sys.argv[1])
 sink = SQLSink(engine)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cost_middleware import CostRecord, Settings
-from cost_middleware.tracker import CostTracker
+from cost_middleware.engine.tracker import CostTracker
 from cost_middleware.usage.model import Usage
 
 # Names that sanitize alike ("gpt-4o" and "gpt 4o" both become "gpt-4o"), a missing model,

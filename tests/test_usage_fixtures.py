@@ -19,8 +19,8 @@ from conftest import fixture_bytes, fixture_chunks, load_expected
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cost_middleware.detect import Detector
 from cost_middleware.usage.base import Exchange, Reader
+from cost_middleware.usage.detect import Detector
 from cost_middleware.usage.model import Extraction
 
 ENTRIES = load_expected()

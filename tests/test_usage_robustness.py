@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_usage_fixtures import assert_matches, run
 
-from cost_middleware.detect import Detector
 from cost_middleware.usage.base import Exchange
+from cost_middleware.usage.detect import Detector
 from cost_middleware.usage.fields import MAX_TOKENS
 from cost_middleware.usage.model import Extraction
 

@@ -11,8 +11,8 @@ from urllib.parse import unquote
 import pytest
 from fixtures.make_eventstream import chunk, event
 
-from cost_middleware.detect import Detector
 from cost_middleware.usage.base import Exchange, Reader
+from cost_middleware.usage.detect import Detector
 from cost_middleware.usage.fields import MAX_TOKENS
 from cost_middleware.usage.model import Extraction
 

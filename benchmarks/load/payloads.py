@@ -1,6 +1,6 @@
 """What the load-test gateways answer, shared by the ASGI and the WSGI one.
 
-The gateway calls the in-process fake provider (``cost_middleware.fake_provider``) instead of
+The gateway calls the in-process fake provider (``cost_middleware.ops.fake_provider``) instead of
 an upstream over the network, so the figures measure the server and the middleware, not a
 second hop. Every handled request is counted; each server process writes its count to
 ``$LOADTEST_COUNT_DIR/<pid>.count`` when it shuts down (:func:`write_count`), so the driver can
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from cost_middleware.fake_provider import openai_chat, openai_chat_stream
+from cost_middleware.ops.fake_provider import openai_chat, openai_chat_stream
 
 MODEL = "gpt-4o-mini"
 #: Content events in a streamed answer (the stream carries 3 more: finish, usage, [DONE]).

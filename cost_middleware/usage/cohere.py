@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cost_middleware.decoders import Event
+from cost_middleware.body.decoders import Event
 from cost_middleware.usage.fields import (
     EMPTY,
     InvalidUsage,

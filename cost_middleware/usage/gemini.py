@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from cost_middleware.decoders import Event
+from cost_middleware.body.decoders import Event
 from cost_middleware.usage.fields import (
     InvalidUsage,
     count,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cost_middleware.decoders import Event
+from cost_middleware.body.decoders import Event
 from cost_middleware.usage.fields import count, label, loads, make_usage
 from cost_middleware.usage.model import Extraction, Usage
 from cost_middleware.usage.readers import Call, ProbedStream

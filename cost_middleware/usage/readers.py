@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 import orjson
 
-from cost_middleware.decoders import (
+from cost_middleware.body.decoders import (
     BodyBuffer,
     Event,
     EventStreamDecoder,
@@ -297,7 +297,7 @@ class SSEReader(StreamReader):
 
     For a stream with ``TAIL_EVENTS``, reads are decoded one by one until its head is read;
     then, from the next blank line on, they go to an
-    :class:`~cost_middleware.decoders.SSETail` and only the last events are decoded, at the
+    :class:`~cost_middleware.body.decoders.SSETail` and only the last events are decoded, at the
     end. The stream sees exactly the events it would have seen last; what it misses in
     between could not change its result. Should the tail give up (an event too long to
     hold), its events go to the stream and decoding resumes.

@@ -16,20 +16,20 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from cost_middleware.batcher import Batcher
 from cost_middleware.config import Settings
-from cost_middleware.detect import Detector
+from cost_middleware.engine.batcher import Batcher
+from cost_middleware.engine.spool import Spool
 from cost_middleware.guard import Guard
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
-from cost_middleware.spool import Spool
+from cost_middleware.usage.detect import Detector
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from cost_middleware.pricing.book import PriceBook
     from cost_middleware.pricing.sync import PriceSync
-    from cost_middleware.storage import Sink
+    from cost_middleware.storage.sql import Sink
 
 log = logging.getLogger("cost_middleware")
 
@@ -120,7 +120,7 @@ class CostTracker:
         with self._setup_lock:
             if self._engine is None:
                 # SQLAlchemy is loaded here, in the background, not at import.
-                from cost_middleware.storage import ensure_schema, make_engine
+                from cost_middleware.storage.sql import ensure_schema, make_engine
 
                 engine = make_engine(self.settings.database_url)
                 ensure_schema(engine)
@@ -147,7 +147,7 @@ class CostTracker:
 
     def _make_sink(self) -> Sink:
         if self._sink is None:
-            from cost_middleware.storage import SQLSink
+            from cost_middleware.storage.sql import SQLSink
 
             self._sink = SQLSink(self.engine)
         return self._sink

@@ -152,7 +152,7 @@ def _plain(text: str) -> str:
 
 def _engine(settings: Settings) -> Engine:
     from cost_middleware.pricing.admin import ensure_seeded
-    from cost_middleware.storage import ensure_schema, make_engine
+    from cost_middleware.storage.sql import ensure_schema, make_engine
 
     engine = make_engine(settings.database_url)
     ensure_schema(engine)
@@ -169,7 +169,7 @@ def _notifier(settings: Settings) -> Callable[[str, str], None] | None:
 
 def cmd_init(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     from cost_middleware.pricing.admin import ensure_seeded
-    from cost_middleware.storage import ensure_schema, make_engine
+    from cost_middleware.storage.sql import ensure_schema, make_engine
 
     engine = make_engine(settings.database_url)
     ensure_schema(engine)
@@ -180,7 +180,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings, console: Console) -> 
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings, console: Console) -> int:
-    from cost_middleware.demo import main as demo
+    from cost_middleware.ops.demo import main as demo
 
     if args.requests < 1:
         raise UsageError("--requests must be at least 1")
@@ -189,7 +189,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, console: Console) -> 
 
 
 def _price_table(prices: Sequence[Price], title: str) -> Table:
-    from cost_middleware.render import _safe
+    from cost_middleware.ops.render import _safe
 
     table = Table(title=title, title_justify="left")
     for name in ("provider", "model", "input", "cached", "write 5m", "write 1h", "output",
@@ -260,8 +260,8 @@ def cmd_prices_export(args: argparse.Namespace, settings: Settings, console: Con
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings, console: Console) -> int:
-    from cost_middleware.render import print_report
-    from cost_middleware.report import summarize, to_csv, to_json
+    from cost_middleware.ops.render import print_report
+    from cost_middleware.ops.report import summarize, to_csv, to_json
 
     rows = summarize(_engine(settings), args.by, args.since)
     if args.format == "csv":
@@ -287,7 +287,7 @@ def cmd_reprice(args: argparse.Namespace, settings: Settings, console: Console) 
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings, console: Console) -> int:
-    from cost_middleware.doctor import run_checks
+    from cost_middleware.ops.doctor import run_checks
 
     ok = True
     for check in run_checks(settings):
@@ -299,7 +299,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings, console: Console) -
 
 
 def cmd_spool_status(args: argparse.Namespace, settings: Settings, console: Console) -> int:
-    from cost_middleware.spool import Spool
+    from cost_middleware.engine.spool import Spool
 
     status = Spool(settings.spool_dir).status()
     console.print(f"{status.records:,} records in {status.files} file(s), "
@@ -308,10 +308,10 @@ def cmd_spool_status(args: argparse.Namespace, settings: Settings, console: Cons
 
 
 def cmd_spool_replay(args: argparse.Namespace, settings: Settings, console: Console) -> int:
-    from cost_middleware.batcher import ReplaySink
-    from cost_middleware.spool import Spool
-    from cost_middleware.storage import SQLSink
-    from cost_middleware.tracker import CostTracker
+    from cost_middleware.engine.batcher import ReplaySink
+    from cost_middleware.engine.spool import Spool
+    from cost_middleware.engine.tracker import CostTracker
+    from cost_middleware.storage.sql import SQLSink
 
     # Records spooled during an outage may be unpriced: price them on the way in, as the
     # middleware's own replay does.

@@ -24,11 +24,11 @@ from rich.progress import Progress
 from cost_middleware._types import ASGIApp, Message
 from cost_middleware.asgi import CostMiddleware
 from cost_middleware.config import Settings
-from cost_middleware.fake_provider import FakeProviderApp
-from cost_middleware.render import print_report
-from cost_middleware.report import summarize
-from cost_middleware.storage import MemorySink
-from cost_middleware.tracker import CostTracker
+from cost_middleware.engine.tracker import CostTracker
+from cost_middleware.ops.fake_provider import FakeProviderApp
+from cost_middleware.ops.render import print_report
+from cost_middleware.ops.report import summarize
+from cost_middleware.storage.sql import MemorySink
 
 TENANTS = ("acme", "globex", "initech", "umbrella", "hooli")
 #: (path, model, stream) mixes of what apps send; weights roughly like real traffic.

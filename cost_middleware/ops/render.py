@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cost_middleware.report import ReportRow
+from cost_middleware.ops.report import ReportRow
 
 BAR_WIDTH = 40
 

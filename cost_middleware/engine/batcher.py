@@ -43,13 +43,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from cost_middleware.config import Settings
+from cost_middleware.engine.spool import Spool, SpoolError
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
-from cost_middleware.spool import Spool, SpoolError
 
 if TYPE_CHECKING:
     # Only for annotations: storage pulls in SQLAlchemy, which the request path never needs.
-    from cost_middleware.storage import Sink
+    from cost_middleware.storage.sql import Sink
 
 log = logging.getLogger("cost_middleware")
 

@@ -51,7 +51,7 @@ from cost_middleware.usage.model import Usage
 
 if TYPE_CHECKING:
     # Only for annotations: storage pulls in SQLAlchemy, which the request path never needs.
-    from cost_middleware.storage import Sink
+    from cost_middleware.storage.sql import Sink
 
 log = logging.getLogger("cost_middleware")
 

@@ -25,7 +25,7 @@ def run_checks(settings: Settings) -> list[Check]:
 
 def check_database(settings: Settings) -> Check:
     from cost_middleware.schema import cost_records, model_prices
-    from cost_middleware.storage import make_engine
+    from cost_middleware.storage.sql import make_engine
 
     url = sa.make_url(settings.database_url)
     where = url.render_as_string(hide_password=True)

@@ -1,0 +1,1 @@
+"""The engine behind the adapters: the tracker that owns a pipeline, the batcher, the disk spool."""

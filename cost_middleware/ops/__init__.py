@@ -1,0 +1,1 @@
+"""Operator tools: the command line, the demo, doctor, reports and their rendering."""

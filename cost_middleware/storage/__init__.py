@@ -1,0 +1,1 @@
+"""The SQL ledger: engine set-up, record <-> row, sinks."""
