@@ -18,15 +18,13 @@ from time import perf_counter
 import orjson
 from common import network_reads
 
-from cost_middleware.body.decoders import (
-    Event,
-    EventStreamDecoder,
-    JSONArrayDecoder,
-    NDJSONDecoder,
-    SSEDecoder,
-    SSETail,
-)
 from cost_middleware.body.decompress import BROTLI_AVAILABLE, make_decompressor
+from cost_middleware.body.events import Event
+from cost_middleware.body.eventstream import EventStreamDecoder
+from cost_middleware.body.json_array import JSONArrayDecoder
+from cost_middleware.body.ndjson import NDJSONDecoder
+from cost_middleware.body.sse_decoder import SSEDecoder
+from cost_middleware.body.sse_tail import SSETail
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus"
 EVENTS = 100

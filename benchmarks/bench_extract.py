@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import orjson
 from common import network_reads
 
-from cost_middleware.body.decoders import SSEDecoder
+from cost_middleware.body.sse_decoder import SSEDecoder
 from cost_middleware.usage.base import Exchange
 from cost_middleware.usage.detect import Detector
 from cost_middleware.usage.model import Extraction, Usage

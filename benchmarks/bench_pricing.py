@@ -48,7 +48,7 @@ from cost_middleware.pricing.sources import MemoryPriceSource
 from cost_middleware.pricing.sql_source import SQLPriceSource
 from cost_middleware.records import CostRecord
 from cost_middleware.schema import metadata, model_prices
-from cost_middleware.storage.sql import make_engine
+from cost_middleware.storage.engine import make_engine
 from cost_middleware.usage.model import Usage
 
 #: LiteLLM otherwise fetches its price map from GitHub at import.

@@ -46,7 +46,9 @@ from cost_middleware.engine.tracker import CostTracker
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
 from cost_middleware.schema import cost_records
-from cost_middleware.storage.sql import SQLSink, ensure_schema, make_engine, record_row
+from cost_middleware.storage.engine import ensure_schema, make_engine
+from cost_middleware.storage.rows import record_row
+from cost_middleware.storage.sinks import SQLSink
 from cost_middleware.usage.model import Usage
 
 WRITE_LIMIT = 100_000
@@ -80,8 +82,8 @@ class BareTable:
         self._table = sa.Table(self.NAME, sa.MetaData(),
                                *(sa.Column(c.name, c.type) for c in cost_records.columns))
         dialect = engine.dialect
-        # The values as the driver takes them (pico-dollar integers and datetime text on
-        # SQLite), converted before any clock starts.
+        # The values as the driver takes them (money as REAL dollars beside its integer
+        # companion, and datetime text, on SQLite), converted before any clock starts.
         processors = [c.type.dialect_impl(dialect).bind_processor(dialect)
                       for c in self._table.columns]
         self.rows = [tuple(v if p is None or v is None else p(v)

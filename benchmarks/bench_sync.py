@@ -31,7 +31,9 @@ from typing import Any
 import redis
 from common import Result, interleave, percentile, standalone
 
-from cost_middleware.pricing.sync import DOWN, PREFIX, PriceSync, notify_change
+from cost_middleware.pricing.channels import DOWN
+from cost_middleware.pricing.listener import PriceSync
+from cost_middleware.pricing.redis_keys import PREFIX, notify_change
 
 READY = "ready"
 #: Events that are not the channel under test stay out of the way: polls come every minute.

@@ -75,7 +75,7 @@ from rich.table import Table
 from cost_middleware import config
 from cost_middleware.engine.spool import Spool
 from cost_middleware.ops.fake_provider import openai_chat
-from cost_middleware.storage.sql import ensure_schema
+from cost_middleware.storage.engine import ensure_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"

@@ -10,6 +10,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    __version__: str
+
     from cost_middleware.asgi import CostMiddleware
     from cost_middleware.config import ConfigError, Settings
     from cost_middleware.context import record_usage
@@ -48,6 +50,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # From the installed metadata (pyproject.toml's version), read only when asked:
+        # importlib.metadata costs ~40 ms, more than the rest of the CLI's start-up.
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value: str = version("cost-middleware")
+        except PackageNotFoundError:  # a source tree that was never installed
+            value = "0+unknown"
+        globals()[name] = value
+        return value
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'cost_middleware' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from time import perf_counter
 
 from cost_middleware._types import ASGIApp, Message, Receive, Scope, Send
 from cost_middleware.capture import Capture
-from cost_middleware.config import Settings
+from cost_middleware.config import ConfigError, Settings
 from cost_middleware.context import RequestContext, current_request
 from cost_middleware.engine.tracker import CostTracker
 from cost_middleware.usage.base import Target
@@ -21,18 +21,39 @@ class CostMiddleware:
     """``app.add_middleware(CostMiddleware)`` or ``CostMiddleware(app)``.
 
     Handles ``lifespan`` to start the engine and to flush it on shutdown, passing the app's
-    own lifespan through. ``.tracker`` is the engine.
+    own lifespan through. ``.tracker`` is the engine. When an earlier process left records in
+    the spool, its worker also starts when the middleware is built, so that they are
+    replayed at once even without lifespan (or with an inner app that refuses it), not at
+    the first request.
+
+    An invalid environment variable never breaks the app: frameworks build middleware lazily
+    (Starlette on the first scope, again on every one while building raises), so raising
+    here would turn every request into a 500. Instead the error is logged once,
+    ``.config_error`` holds it, the server's lifespan start-up fails with it (the server
+    exits), and without lifespan every request passes through untouched.
     """
 
     def __init__(
         self, app: ASGIApp, settings: Settings | None = None, *, tracker: CostTracker | None = None
     ) -> None:
         self.app = app
-        self.tracker = tracker if tracker is not None else CostTracker(settings)
+        self.config_error: ConfigError | None = None
+        try:
+            self.tracker = tracker if tracker is not None else CostTracker(settings)
+        except ConfigError as exc:
+            self.config_error = exc
+            log.error("%s", _config_message(exc))
+            # A tracker that records nothing, so code using ``.tracker`` keeps working.
+            self.tracker = CostTracker(Settings(enabled=False, statsd_enabled=False))
         self.settings = self.tracker.settings
+        #: The response header the request id is echoed under (None: not echoed).
+        self._echo_header = (self.settings.request_id_header.encode("latin-1")
+                             if self.settings.echo_request_id else None)
         #: Without lifespan events nothing flushes the queue at shutdown but atexit, and
         #: uvicorn re-raises SIGTERM after its graceful shutdown, which skips atexit.
         self._lifespan_seen = False
+        if self.settings.enabled:
+            self.tracker.batcher.start_if_spooled()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -54,6 +75,8 @@ class CostMiddleware:
                 current_request.reset(token)
         elif kind == "lifespan" and self.settings.enabled:
             await self._lifespan(scope, receive, send)
+        elif kind == "lifespan" and self.config_error is not None:
+            await _fail_startup(receive, send, self.config_error)
         else:
             await self.app(scope, receive, send)
 
@@ -73,21 +96,34 @@ class CostMiddleware:
         if capture.needs_request_body:
             receive = _tee_request(receive, capture)
         complete = False
+        echo_header = self._echo_header
 
         async def send_observed(message: Message) -> None:
             nonlocal complete
-            try:
-                await send(message)
-            finally:
-                # Observed even when sending fails (client gone): the app produced it.
-                kind = message["type"]
-                if kind == "http.response.body":
+            # Every message is observed even when sending fails (client gone): the app
+            # produced it. Body chunks are the common case: checked first.
+            kind = message["type"]
+            if kind == "http.response.body":
+                try:
+                    await send(message)
+                finally:
                     capture.response_body(message.get("body", b""))
                     if not message.get("more_body", False):
                         complete = True
                         capture.finish(True, _route(scope))
-                elif kind == "http.response.start":
-                    capture.response_start(message["status"], _StrHeaders(message["headers"]))
+            elif kind == "http.response.start":
+                headers = message.get("headers") or []
+                if echo_header is not None:
+                    echoed = context.with_request_id(headers, echo_header)
+                    if echoed is not None:
+                        # A copy: the app may reuse its message or its header list.
+                        message = {**message, "headers": echoed}
+                try:
+                    await send(message)
+                finally:
+                    capture.response_start(message["status"], _StrHeaders(headers))
+            else:
+                await send(message)
 
         try:
             await self.app(scope, receive, send_observed)
@@ -123,6 +159,20 @@ class CostMiddleware:
             await send(message)
 
         await self.app(scope, receive_observed, send_observed)
+
+
+def _config_message(error: ConfigError) -> str:
+    return (f"cost_middleware: {error}. Set a valid value or unset {error.variable} (its "
+            "default then applies) and restart. Until then nothing is recorded: the server's "
+            "lifespan start-up fails, and without lifespan every request passes through "
+            "untouched.")
+
+
+async def _fail_startup(receive: Receive, send: Send, error: ConfigError) -> None:
+    """Answer the server's start-up with the configuration error, so it stops there."""
+    message = await receive()
+    if message["type"] == "lifespan.startup":
+        await send({"type": "lifespan.startup.failed", "message": _config_message(error)})
 
 
 def _tee_request(receive: Receive, capture: Capture) -> Receive:

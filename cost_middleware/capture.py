@@ -16,17 +16,18 @@ from cost_middleware.body.decompress import BROTLI_AVAILABLE, make_decompressor
 from cost_middleware.context import MAX_ROUTE, RequestContext
 from cost_middleware.records import CostRecord
 from cost_middleware.usage.base import Exchange, Reader, Target
+from cost_middleware.usage.detect import Declared
+from cost_middleware.usage.readers import BodyReader, ErrorResponse
 
 if TYPE_CHECKING:
     from cost_middleware.body.decompress import Decompressor
 
 #: Request bodies are only read for targets that need them (Cohere's model, stream flags).
 MAX_REQUEST_BODY = 1 << 20
-#: Decompressed bytes read from one streamed response before inspection stops.
-STREAM_DECOMPRESS_LIMIT = 1 << 30
-#: Content types of streamed bodies: their decoders bound memory per event, so the
-#: whole-body cap does not apply to them.
-_STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/vnd.amazon.eventstream")
+#: Decompressed bytes read from one stream (or one body read from its ends) before inspection
+#: stops: far above real responses (the longest streams inflate to tens of MB). The ratio
+#: limit (``body.decompress``) keeps what a bomb costs far below it.
+STREAM_DECOMPRESS_LIMIT = 256 << 20
 
 
 class Capture:
@@ -34,8 +35,8 @@ class Capture:
 
     __slots__ = (
         "_body_bytes", "_client_call", "_context", "_cpu", "_decompressor", "_done",
-        "_exchange_parts", "_extract", "_max_body", "_reader", "_request_body", "_start",
-        "_streamed_type", "_target", "_tracker", "status",
+        "_exchange_parts", "_extract", "_max_body", "_provider", "_reader", "_request_body",
+        "_start", "_target", "_tracker", "status",
     )
 
     def __init__(
@@ -54,6 +55,8 @@ class Capture:
         self._tracker = tracker
         self._context = context
         self._target = target
+        #: The provider declared for the route or named by the host, over the response's.
+        self._provider = target.provider if type(target) is Declared else None
         self._exchange_parts = (context.method, path, query, raw_path)
         self._request_body: bytearray | None = (
             bytearray() if target.needs_request_body else None
@@ -63,7 +66,6 @@ class Capture:
         self._start: tuple[int, Iterable[tuple[str, str]]] | None = None
         self._max_body = tracker.settings.max_body_bytes
         self._body_bytes = 0
-        self._streamed_type = False
         self._done = False
         self.status = 0
         self._cpu = perf_counter() - context.started
@@ -102,20 +104,7 @@ class Capture:
             self._tracker.guard.error("response_start", exc)
 
     def _open(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
-        if status >= 400:
-            self._tracker.guard.skip("error_status")
-            return
         response_headers = {k.lower(): v for k, v in headers}
-        ctype = response_headers.get("content-type", "").lower()
-        self._streamed_type = ctype.startswith(_STREAM_TYPES)
-        encoding = response_headers.get("content-encoding")
-        if encoding:
-            # A stream's decoder bounds memory per event; a body is capped at the body limit.
-            cap = STREAM_DECOMPRESS_LIMIT if self._streamed_type else self._max_body + 1
-            self._decompressor = make_decompressor(encoding, cap)
-            if self._decompressor is None and not BROTLI_AVAILABLE and "br" in encoding.lower():
-                self._tracker.guard.skip("br_unavailable")
-                return
         method, path, query, raw_path = self._exchange_parts
         body = self._request_body
         exchange = Exchange(
@@ -131,6 +120,23 @@ class Capture:
         reader = self._target.open(exchange)
         if reader is None:
             self._tracker.guard.skip("not_provider_response")
+            return
+        if type(reader) is ErrorResponse:
+            self._tracker.guard.skip("error_status")
+            return
+        whole = reader if type(reader) is BodyReader else None
+        if whole is not None:
+            whole.limit(self._max_body, self._tracker.metrics)
+        encoding = response_headers.get("content-encoding")
+        if encoding:
+            # A stream's decoder bounds memory per event, and so does a body read from its
+            # ends; a body that cannot be is capped at the body limit.
+            cap = (self._max_body + 1 if whole is not None and not whole.keeps_ends
+                   else STREAM_DECOMPRESS_LIMIT)
+            self._decompressor = make_decompressor(encoding, cap)
+            if self._decompressor is None and not BROTLI_AVAILABLE and "br" in encoding.lower():
+                self._tracker.guard.skip("br_unavailable")
+                return
         self._reader = reader
 
     def response_body(self, chunk: bytes) -> None:
@@ -149,11 +155,8 @@ class Capture:
                     self._reader = None
                     self._tracker.guard.skip(decompressor.error)
                     chunk = b""
-            self._body_bytes += len(chunk)
-            if self._body_bytes > self._max_body and not self._streamed_type:
-                self._reader = None
-                self._tracker.guard.skip("body_too_large")
-            elif chunk:
+            if chunk:
+                self._body_bytes += len(chunk)
                 reader.feed(chunk)
         except Exception as exc:
             self._reader = None
@@ -162,11 +165,17 @@ class Capture:
         self._extract += spent
         self._cpu += spent
 
-    def finish(self, complete: bool, route: str | None = None) -> None:
-        """End of the exchange (``complete`` False: cut short). Idempotent."""
+    def finish(self, complete: bool, route: str | None = None, *, stopped: bool = False) -> None:
+        """End of the exchange (``complete`` False: cut short). Idempotent.
+
+        ``stopped``: the client closed the response itself before its end (the sync openai SDK
+        does at ``[DONE]``). What it read is then all there is to read: a stream is partial
+        only if the provider's last event is missing. A client that read nothing cut it.
+        """
         if self._done:
             return
         self._done = True
+        complete = complete or (stopped and self._body_bytes > 0)
         t0 = perf_counter()
         tracker = self._tracker
         context = self._context
@@ -197,7 +206,7 @@ class Capture:
                     tracker.guard.skip("seen_by_client")
                     return
             tracker.record(CostRecord(
-                provider=extraction.provider,
+                provider=self._provider or extraction.provider,
                 api=extraction.api,
                 model=extraction.model,
                 usage=extraction.usage,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+_PREFIX = "COST_MIDDLEWARE_"
 ENABLED = "COST_MIDDLEWARE_ENABLED"
 DATABASE_URL = "COST_MIDDLEWARE_DATABASE_URL"
 REDIS_URL = "COST_MIDDLEWARE_REDIS_URL"
@@ -22,7 +24,10 @@ STATSD_HOST = "COST_MIDDLEWARE_STATSD_HOST"
 STATSD_PORT = "COST_MIDDLEWARE_STATSD_PORT"
 STATSD_PREFIX = "COST_MIDDLEWARE_STATSD_PREFIX"
 TENANT_HEADER = "COST_MIDDLEWARE_TENANT_HEADER"
+REQUEST_ID_HEADER = "COST_MIDDLEWARE_REQUEST_ID_HEADER"
+ECHO_REQUEST_ID = "COST_MIDDLEWARE_ECHO_REQUEST_ID"
 PATHS = "COST_MIDDLEWARE_PATHS"
+ROUTE_PROVIDERS = "COST_MIDDLEWARE_ROUTE_PROVIDERS"
 MAX_BODY_BYTES = "COST_MIDDLEWARE_MAX_BODY_BYTES"
 SHUTDOWN_TIMEOUT = "COST_MIDDLEWARE_SHUTDOWN_TIMEOUT"
 #: Standard fallback, as pystatsd reads it.
@@ -31,7 +36,8 @@ STANDARD_STATSD_HOST = "STATSD_HOST"
 ALL_VARIABLES = (
     ENABLED, DATABASE_URL, REDIS_URL, PRICES_FILE, CACHE_TTL, CACHE_SIZE, BATCH_SIZE,
     FLUSH_INTERVAL, QUEUE_SIZE, SPOOL_DIR, STATSD, STATSD_HOST, STATSD_PORT, STATSD_PREFIX,
-    TENANT_HEADER, PATHS, MAX_BODY_BYTES, SHUTDOWN_TIMEOUT,
+    TENANT_HEADER, REQUEST_ID_HEADER, ECHO_REQUEST_ID, PATHS, ROUTE_PROVIDERS, MAX_BODY_BYTES,
+    SHUTDOWN_TIMEOUT,
 )
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -65,8 +71,15 @@ class Settings:
     statsd_port: int = 8125
     statsd_prefix: str = "cost_middleware"
     tenant_header: str = "x-tenant-id"
+    #: Request header whose value is the record's request id (generated when absent).
+    request_id_header: str = "x-request-id"
+    #: Send the request id back under ``request_id_header`` on inspected responses.
+    echo_request_id: bool = True
     #: Request-path globs to inspect; empty means the built-in provider table.
     paths: tuple[str, ...] = field(default_factory=tuple)
+    #: ``(glob, provider)``: the provider a route's records show (a gateway's upstream), first
+    #: matching glob wins; the response still picks the family.
+    route_providers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     #: Responses larger than this are not inspected (the skip is counted).
     max_body_bytes: int = 8 * 1024 * 1024
     shutdown_timeout: float = 5.0
@@ -81,8 +94,10 @@ class Settings:
         _check_positive(SHUTDOWN_TIMEOUT, self.shutdown_timeout)
         if not 0 < self.statsd_port < 65536:
             raise ConfigError(STATSD_PORT, self.statsd_port, "must be a port number (1-65535)")
-        if not self.tenant_header or not _is_token(self.tenant_header):
-            raise ConfigError(TENANT_HEADER, self.tenant_header, "must be an HTTP header name")
+        for name, header in ((TENANT_HEADER, self.tenant_header),
+                             (REQUEST_ID_HEADER, self.request_id_header)):
+            if not header or not _is_token(header):
+                raise ConfigError(name, header, "must be an HTTP header name")
         if "://" not in self.database_url:
             raise ConfigError(DATABASE_URL, self.database_url, "must be a SQLAlchemy URL")
         if self.redis_url is not None and not self.redis_url.startswith(
@@ -90,20 +105,29 @@ class Settings:
         ):
             raise ConfigError(REDIS_URL, self.redis_url,
                               "must be a redis://, rediss:// or unix:// URL")
+        _check_routes(self.route_providers, self.route_providers)
         # Header names are matched against ASGI's lower-cased bytes.
         object.__setattr__(self, "tenant_header", self.tenant_header.lower())
+        object.__setattr__(self, "request_id_header", self.request_id_header.lower())
 
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
     ) -> Settings:
-        """Build settings from ``environ`` (default ``os.environ``); keyword arguments win."""
+        """Build settings from ``environ`` (default ``os.environ``); keyword arguments win.
+
+        ``Settings.from_env(database_url=...)`` is how code overrides one field and keeps the
+        environment for the rest (``Settings(...)`` itself reads no environment).
+        """
         env = os.environ if environ is None else environ
+        _warn_unknown(env)
         values: dict[str, Any] = {}
         if (v := env.get(ENABLED)) is not None:
             values["enabled"] = _bool(ENABLED, v)
         for name, attr in ((DATABASE_URL, "database_url"), (SPOOL_DIR, "spool_dir"),
-                           (TENANT_HEADER, "tenant_header"), (STATSD_PREFIX, "statsd_prefix")):
+                           (TENANT_HEADER, "tenant_header"),
+                           (REQUEST_ID_HEADER, "request_id_header"),
+                           (STATSD_PREFIX, "statsd_prefix")):
             if (v := env.get(name)) is not None:
                 if not v.strip():
                     raise ConfigError(name, v, "must not be empty")
@@ -124,13 +148,16 @@ class Settings:
             if not 0 < port < 65536:
                 raise ConfigError(STATSD_PORT, v, "must be a port number (1-65535)")
             values["statsd_port"] = port
-        if (v := env.get(STATSD)) is not None:
-            values["statsd_enabled"] = _bool(STATSD, v)
+        for name, attr in ((STATSD, "statsd_enabled"), (ECHO_REQUEST_ID, "echo_request_id")):
+            if (v := env.get(name)) is not None:
+                values[attr] = _bool(name, v)
         host = env.get(STATSD_HOST) or env.get(STANDARD_STATSD_HOST)
         if host is not None and host.strip():
             values["statsd_host"] = host.strip()
         if (v := env.get(PATHS)) is not None:
             values["paths"] = _globs(PATHS, v)
+        if (v := env.get(ROUTE_PROVIDERS)) is not None:
+            values["route_providers"] = _check_routes(v, _routes(v))
         if "statsd_prefix" in values:
             _check_prefix(values["statsd_prefix"])
         known = {f.name for f in fields(cls)}
@@ -142,6 +169,26 @@ class Settings:
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **overrides)
+
+
+#: Variables of ours that are not settings (read by the test suite), never warned about.
+_NOT_SETTINGS = frozenset({"COST_MIDDLEWARE_TEST_PG"})
+_warned: set[str] = set()
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    """A misspelt variable (``COST_MIDDLEWARE_BATCHSIZE``) would be ignored without a word:
+    warn once per name per process, with the likely intended one."""
+    known = frozenset(ALL_VARIABLES) | _NOT_SETTINGS
+    for name in env:
+        if name.startswith(_PREFIX) and name not in known and name not in _warned:
+            _warned.add(name)
+            import difflib  # only when there is something to say
+
+            close = difflib.get_close_matches(name, ALL_VARIABLES, n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            logging.getLogger("cost_middleware").warning(
+                "cost_middleware: %s is not a setting and is ignored%s", name, hint)
 
 
 def _bool(name: str, value: str) -> bool:
@@ -185,9 +232,45 @@ def _check_positive(name: str, value: float) -> None:
 def _globs(name: str, value: str) -> tuple[str, ...]:
     globs = tuple(p.strip() for p in value.split(",") if p.strip())
     for g in globs:
-        if not g.startswith(("/", "*")):
-            raise ConfigError(name, value, f"glob {g!r} must start with '/' or '*'")
+        _check_glob(name, value, g)
     return globs
+
+
+def _check_glob(name: str, value: object, glob: str) -> None:
+    if not glob.startswith(("/", "*")):
+        raise ConfigError(name, value, f"glob {glob!r} must start with '/' or '*'")
+
+
+def _routes(value: str) -> tuple[tuple[str, str], ...]:
+    """Comma-separated ``GLOB=PROVIDER`` pairs (blank items skipped, as in the glob lists)."""
+    routes = []
+    for item in filter(str.strip, value.split(",")):
+        glob, sep, provider = (part.strip() for part in item.partition("="))
+        if not sep or not glob or not provider or "=" in provider:
+            raise ConfigError(ROUTE_PROVIDERS, value, f"{item.strip()!r} is not GLOB=PROVIDER")
+        routes.append((glob, provider))
+    return tuple(routes)
+
+
+def _check_routes(value: object, routes: tuple[tuple[str, str], ...]
+                  ) -> tuple[tuple[str, str], ...]:
+    """``routes`` when each glob is a path glob declared once, naming a provider that is no
+    misspelling of ours (the rule ``prices set`` applies)."""
+    # Imported here: the provider names come with the usage modules, which Settings alone
+    # does not need.
+    from cost_middleware.pricing.matching import provider_error
+
+    seen: set[str] = set()
+    for glob, provider in routes:
+        _check_glob(ROUTE_PROVIDERS, value, glob)
+        if glob in seen:
+            raise ConfigError(ROUTE_PROVIDERS, value, f"glob {glob!r} is declared twice")
+        seen.add(glob)
+        if not provider or provider != provider.strip():
+            raise ConfigError(ROUTE_PROVIDERS, value, f"provider {provider!r} must be a name")
+        if (error := provider_error(provider)) is not None:
+            raise ConfigError(ROUTE_PROVIDERS, value, error)
+    return routes
 
 
 def _check_prefix(prefix: str) -> None:

@@ -7,12 +7,14 @@ headers only when someone asks, so plain requests pay for one context-variable s
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cost_middleware.records import CostRecord, new_record_id
+from cost_middleware.usage.fields import InvalidUsage, check_usage
 from cost_middleware.usage.model import Usage
+from cost_middleware.usage.readers import INVALID_USAGE
 
 if TYPE_CHECKING:
     from cost_middleware.engine.tracker import CostTracker
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
 MAX_TENANT = 256
 MAX_REQUEST_ID = 128
 MAX_ROUTE = 512
+
+
+#: ASGI headers are bytes, WSGI headers str.
+_Text = TypeVar("_Text", str, bytes)
 
 
 def new_request_id() -> str:
@@ -55,17 +61,29 @@ class RequestContext:
         self.client_calls: set[tuple[str | None, int, int, int, int]] | None = None
 
     def header(self, name: str) -> str | None:
-        """``name`` is lower-case."""
+        """``name`` is lower-case. A value is text as UTF-8 when its bytes are valid UTF-8
+        (what clients send for non-ASCII ids), else as latin-1 (no byte is lost)."""
         headers = self._headers
         if isinstance(headers, list):
             key = name.encode("latin-1")
             for k, v in headers:
                 if k.lower() == key:
-                    return v.decode("latin-1")
+                    try:
+                        return v.decode()
+                    except UnicodeDecodeError:
+                        return v.decode("latin-1")
             return None
         if "wsgi.version" in headers:
             value = headers.get("HTTP_" + name.upper().replace("-", "_"))
-            return value if isinstance(value, str) else None
+            if not isinstance(value, str):
+                return None
+            if value.isascii():
+                return value
+            # PEP 3333: the server decoded the header's bytes as latin-1.
+            try:
+                return value.encode("latin-1").decode()
+            except UnicodeError:
+                return value
         return headers.get(name)
 
     @property
@@ -79,9 +97,31 @@ class RequestContext:
     @property
     def request_id(self) -> str:
         if self._request_id is None:
-            value = self.header("x-request-id")
+            value = self.header(self.tracker.settings.request_id_header)
             self._request_id = value[:MAX_REQUEST_ID] if value else new_request_id()
         return self._request_id
+
+    def with_request_id(
+        self, headers: Iterable[tuple[_Text, _Text]], name: _Text
+    ) -> list[tuple[_Text, _Text]] | None:
+        """Response ``headers`` (a new list) with :attr:`request_id` echoed under ``name``
+        (lower case); None when the app sent that header itself (its value wins), or when
+        the headers are malformed (counted; the response goes out as the app made it)."""
+        try:
+            out = list(headers)
+            for key, _ in out:
+                if key.lower() == name:
+                    return None
+            value = self.request_id
+            # As UTF-8, the bytes a non-ASCII id came as (WSGI wants them as latin-1 text).
+            if isinstance(name, bytes):
+                out.append((name, value.encode()))
+            else:
+                out.append((name, value if value.isascii() else value.encode().decode("latin-1")))
+            return out
+        except Exception as exc:
+            self.tracker.guard.error("request_id", exc)
+            return None
 
 
 current_request: ContextVar[RequestContext | None] = ContextVar(
@@ -103,16 +143,27 @@ def record_usage(
 
     Attributed to the current request's tenant, request id, method and route. Outside a request
     pass ``tracker``; with neither, the call is counted and logged once, and returns None.
-    Never raises for bad input.
+    A disabled tracker records nothing (None). Usage a provider could not have reported
+    (negative or non-integer counts, subsets above their totals) is refused as the response
+    readers refuse it: the record is kept without usage, so unpriced, and the skip counted
+    as ``skipped.invalid_usage``. Never raises for bad input.
     """
     context = current_request.get()
     owner = tracker if tracker is not None else (context.tracker if context else None)
     if owner is None:
         _log_no_request()
         return None
+    if not owner.settings.enabled:
+        return None
     try:
-        if usage is not None and not isinstance(usage, Usage):
-            raise TypeError("usage must be a cost_middleware.Usage")
+        if usage is not None:
+            if not isinstance(usage, Usage):
+                raise TypeError("usage must be a cost_middleware.Usage")
+            try:
+                check_usage(usage)
+            except InvalidUsage:
+                owner.guard.skip(INVALID_USAGE)
+                usage = None
         record = CostRecord(
             provider=str(provider)[:64],
             api=str(api)[:64],

@@ -6,10 +6,11 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from cost_middleware.usage.model import Usage
+from cost_middleware.utc import utcnow
 
 #: A private generator: an app calling ``random.seed()`` must not make ids repeat (repeats
 #: would be dropped as duplicates). Seeded from the OS, and again in every forked child.
@@ -25,10 +26,6 @@ def new_record_id() -> str:
     kernels. Identifiers, not secrets.
     """
     return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{_ids.getrandbits(80):020x}"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(slots=True)

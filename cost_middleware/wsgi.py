@@ -16,7 +16,12 @@ from cost_middleware.engine.tracker import CostTracker
 class WSGICostMiddleware:
     """``app.wsgi_app = WSGICostMiddleware(app.wsgi_app)``. ``.tracker`` is the engine.
 
-    The engine is flushed by :meth:`close` (or ``tracker.close()``), and at interpreter exit.
+    When an earlier process left records in the spool (a database outage, then a restart),
+    the engine's worker starts here and replays them at once, not at the first request; a
+    server that forks workers from a preloaded app starts one in each worker too. The
+    engine is flushed by :meth:`close` (or ``tracker.close()``), and at interpreter exit.
+    An invalid environment variable raises :class:`~cost_middleware.ConfigError` here: the
+    wrapper is built when the app module is imported, so the server fails to start.
     """
 
     def __init__(
@@ -25,6 +30,11 @@ class WSGICostMiddleware:
         self.app = app
         self.tracker = tracker if tracker is not None else CostTracker(settings)
         self.settings = self.tracker.settings
+        #: The response header the request id is echoed under (None: not echoed).
+        self._echo_header = (self.settings.request_id_header
+                             if self.settings.echo_request_id else None)
+        if self.settings.enabled:
+            self.tracker.batcher.start_if_spooled()
 
     def close(self) -> None:
         self.tracker.close()
@@ -52,7 +62,8 @@ class WSGICostMiddleware:
                 return self.app(environ, start_response)
             if capture.needs_request_body and "wsgi.input" in environ:
                 environ["wsgi.input"] = _TeeInput(environ["wsgi.input"], capture)
-            iterable = self.app(environ, _observe_start(start_response, capture))
+            iterable = self.app(environ, _observe_start(start_response, capture, context,
+                                                        self._echo_header))
         except BaseException:
             if capture is not None:
                 capture.finish(False)
@@ -62,11 +73,15 @@ class WSGICostMiddleware:
         return _observe_body(iterable, capture, context)
 
 
-def _observe_start(start_response: StartResponse, capture: Capture) -> StartResponse:
+def _observe_start(start_response: StartResponse, capture: Capture, context: RequestContext,
+                   echo_header: str | None) -> StartResponse:
     def start(
         status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
     ) -> Callable[[bytes], object]:
-        write = start_response(status, headers, exc_info)
+        sent = headers
+        if echo_header is not None:
+            sent = context.with_request_id(headers, echo_header) or headers
+        write = start_response(status, sent, exc_info)
         code = int(status[:3]) if status[:3].isdigit() else 0
         capture.response_start(code, headers)
 

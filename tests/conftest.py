@@ -259,7 +259,7 @@ def catalog_cost(entry: dict[str, Any], usage: Any) -> Any:
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Any]:
     """An engine on :func:`db_url` (SQLite and PostgreSQL) with our tables created."""
-    from cost_middleware.storage.sql import ensure_schema, make_engine
+    from cost_middleware.storage.engine import ensure_schema, make_engine
 
     eng = make_engine(db_url)
     ensure_schema(eng)

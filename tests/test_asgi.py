@@ -536,3 +536,85 @@ def test_a_body_the_server_could_not_send_is_still_recorded(tmp_path: Path) -> N
     asyncio.run(run())
     assert len(records) == 1
     assert_usage(records[0].usage, entry)
+
+
+def response_headers(sent: list[Message]) -> list[tuple[bytes, bytes]]:
+    return list(next(m for m in sent if m["type"] == "http.response.start")["headers"])
+
+
+def test_the_request_id_is_echoed_on_inspected_responses(tmp_path: Path) -> None:
+    """The id of the row comes back, the client's own or the one generated; the body and
+    the app's headers are untouched, and the app's header list is not modified."""
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    app = ReplayApp([fixture_bytes(entry)])
+    own_headers = list(app.headers)
+    mw, records = collecting(app, tmp_path)
+    given, _ = asyncio.run(call(mw, entry, headers=[(b"x-request-id", b"req-42")]))
+    generated, _ = asyncio.run(call(mw, entry, headers=[]))
+    assert response_headers(given) == [*own_headers, (b"x-request-id", b"req-42")]
+    assert records[0].request_id == "req-42"
+    assert response_headers(generated) == [
+        *own_headers, (b"x-request-id", str(records[1].request_id).encode())]
+    assert body_of(given) == body_of(generated) == fixture_bytes(entry)
+    assert app.headers == own_headers
+
+
+def test_the_apps_own_request_id_header_wins(tmp_path: Path) -> None:
+    """A gateway forwarding a provider's answer sends the provider's x-request-id: kept,
+    never a second one."""
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    headers = [(b"content-type", b"application/json"), (b"X-Request-ID", b"req_upstream")]
+    mw, records = collecting(ReplayApp([fixture_bytes(entry)], 200, headers), tmp_path)
+    sent, _ = asyncio.run(call(mw, entry, headers=[(b"x-request-id", b"mine")]))
+    assert response_headers(sent) == headers
+    assert records[0].request_id == "mine"
+
+
+def test_the_request_id_is_not_echoed_where_we_do_not_look(tmp_path: Path) -> None:
+    app = ReplayApp([b"{}"])
+    mw, _ = collecting(app, tmp_path)
+    sent, _ = asyncio.run(call(mw, {"path": "/api/health"}, body=b"{}"))
+    assert response_headers(sent) == app.headers
+
+
+def test_echo_can_be_turned_off_and_the_header_renamed(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    app = ReplayApp([fixture_bytes(entry)])
+    off, _ = collecting(app, tmp_path, echo_request_id=False)
+    sent, _ = asyncio.run(call(off, entry, headers=[(b"x-request-id", b"r1")]))
+    assert response_headers(sent) == app.headers
+    renamed, records = collecting(app, tmp_path, request_id_header="X-Correlation-Id")
+    sent, _ = asyncio.run(call(renamed, entry, headers=[(b"x-request-id", b"ignored"),
+                                                         (b"x-correlation-id", b"c-7")]))
+    assert response_headers(sent) == [*app.headers, (b"x-correlation-id", b"c-7")]
+    assert records[0].request_id == "c-7"
+
+
+def test_the_request_id_reaches_a_client_through_starlette(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+
+    async def chat(request: Any) -> Response:
+        return Response(fixture_bytes(entry), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    app.add_middleware(CostMiddleware, settings=quiet(tmp_path))
+
+    async def run() -> list[httpx.Response]:
+        async with LifespanManager(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return [await client.post("/v1/chat/completions", json={}),
+                    await client.post("/v1/chat/completions", json={},
+                                      headers={"x-request-id": "abc"})]
+
+    first, second = asyncio.run(run())
+    assert len(first.headers["x-request-id"]) == 32 and second.headers["x-request-id"] == "abc"
+    assert first.content == second.content == fixture_bytes(entry)
+    engine = sa.create_engine(quiet(tmp_path).database_url)
+    with engine.connect() as conn:
+        stored = set(conn.execute(sa.select(cost_records.c.request_id)).scalars())
+    engine.dispose()
+    assert stored == {first.headers["x-request-id"], "abc"}

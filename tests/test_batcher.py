@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from cost_middleware.config import Settings
-from cost_middleware.engine import batcher as batcher_module
 from cost_middleware.engine.batcher import Batcher
 from cost_middleware.engine.spool import Spool
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
-from cost_middleware.storage.sql import MemorySink
+from cost_middleware.storage.sinks import MemorySink
 from cost_middleware.usage.model import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -419,11 +418,19 @@ def test_metrics(make: Callable[..., Batcher], metrics: Metrics) -> None:
     assert len(snap["timings"]["batch.flush"]) >= 3
 
 
-def test_atexit_hook_closes_live_batchers(make: Callable[..., Batcher]) -> None:
+def test_atexit_hook_closes_live_batchers(tmp_path: Path) -> None:
+    # The one atexit hook is the tracker's: closing a tracker closes (flushes) its batcher.
+    from cost_middleware.engine import tracker as tracker_module
+    from cost_middleware.engine.tracker import CostTracker
+    from cost_middleware.pricing.book import PriceBook
+    from cost_middleware.pricing.sources import MemoryPriceSource
+
     sink = RecordingSink()
-    b = make(sink)
-    b.submit(record())
-    batcher_module._close_all_at_exit()
+    settings = Settings(batch_size=10, flush_interval=60.0, statsd_enabled=False,
+                        spool_dir=str(tmp_path / "spool"))
+    tracker = CostTracker(settings, sink=sink, price_book=PriceBook(MemoryPriceSource()))
+    tracker.record(record())
+    tracker_module._close_all()
     assert len(sink.records) == 1 and sink.closed
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ def test_defaults_match_the_design_table() -> None:
     assert (s.statsd_enabled, s.statsd_host, s.statsd_port, s.statsd_prefix) == (
         True, "localhost", 8125, "cost_middleware")
     assert s.tenant_header == "x-tenant-id"
-    assert s.paths == ()
+    assert s.paths == () and s.route_providers == ()
 
 
 def test_every_variable_is_read() -> None:
@@ -40,6 +42,7 @@ def test_every_variable_is_read() -> None:
         config.STATSD_PREFIX: "myapp.cost",
         config.TENANT_HEADER: "X-Org-Id",
         config.PATHS: "/llm/*, */generate",
+        config.ROUTE_PROVIDERS: "/gw/*=acme, /v1/chat/completions=together",
         config.MAX_BODY_BYTES: "1024",
         config.SHUTDOWN_TIMEOUT: "2",
     }
@@ -54,6 +57,7 @@ def test_every_variable_is_read() -> None:
     assert s.statsd_prefix == "myapp.cost"
     assert s.tenant_header == "x-org-id"
     assert s.paths == ("/llm/*", "*/generate")
+    assert s.route_providers == (("/gw/*", "acme"), ("/v1/chat/completions", "together"))
     assert (s.max_body_bytes, s.shutdown_timeout) == (1024, 2.0)
 
 
@@ -92,6 +96,13 @@ def test_unknown_override_is_a_type_error() -> None:
         (config.DATABASE_URL, " ", "empty"),
         (config.REDIS_URL, "localhost:6379", "redis://"),
         (config.PATHS, "llm/*", "must start with"),
+        (config.ROUTE_PROVIDERS, "/v1/chat/completions", "GLOB=PROVIDER"),
+        (config.ROUTE_PROVIDERS, "gw/*=acme", "must start with"),
+        (config.ROUTE_PROVIDERS, "/gw/*=opneai", "did you mean 'openai'?"),
+        (config.REQUEST_ID_HEADER, "x request id", "header name"),
+        (config.REQUEST_ID_HEADER, "", "empty"),
+        (config.REQUEST_ID_HEADER, "x-id:", "header name"),
+        (config.ECHO_REQUEST_ID, "sometimes", "true/false"),
     ],
 )
 def test_invalid_values_name_the_variable_and_value(variable: str, value: str, reason: str) -> None:
@@ -111,3 +122,34 @@ def test_any_enabled_value_is_a_bool_or_a_config_error(value: str) -> None:
         assert exc.variable == config.ENABLED
     else:
         assert isinstance(s.enabled, bool)
+
+
+def test_request_id_header_and_echo() -> None:
+    s = Settings.from_env({})
+    assert (s.request_id_header, s.echo_request_id) == ("x-request-id", True)
+    s = Settings.from_env({config.REQUEST_ID_HEADER: " X-Correlation-Id ",
+                           config.ECHO_REQUEST_ID: "off"})
+    assert (s.request_id_header, s.echo_request_id) == ("x-correlation-id", False)
+    assert Settings(request_id_header="X-Trace").request_id_header == "x-trace"
+
+
+def test_a_misspelt_variable_is_warned_about_once(caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COST_MIDDLEWARE_BATCHSIZE", "5")
+    monkeypatch.setenv("COST_MIDDLEWARE_TEST_PG", "postgresql+psycopg://x@127.0.0.1/y")
+    monkeypatch.setattr(config, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="cost_middleware"):
+        settings = Settings.from_env()
+        Settings.from_env()
+    assert settings.batch_size == Settings().batch_size  # ignored, as the warning says
+    assert caplog.messages == [
+        "cost_middleware: COST_MIDDLEWARE_BATCHSIZE is not a setting and is ignored; "
+        "did you mean COST_MIDDLEWARE_BATCH_SIZE?"]
+
+
+def test_from_env_overrides_one_field_and_keeps_the_environment_for_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(config.BATCH_SIZE, "7")
+    settings = Settings.from_env(database_url="sqlite:///other.db")
+    assert (settings.database_url, settings.batch_size) == ("sqlite:///other.db", 7)
+    assert Settings(database_url="sqlite:///other.db").batch_size == 500  # no environment

@@ -1,6 +1,6 @@
 """The fixture corpus the provider tests are parametrized over is really there."""
 
-from conftest import LOCAL_FIXTURES, CORPUS_FIXTURES, load_expected
+from conftest import CORPUS_FIXTURES, LOCAL_FIXTURES, load_expected
 
 
 def test_corpus_and_local_fixtures_are_loaded() -> None:

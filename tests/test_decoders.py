@@ -16,7 +16,7 @@ from conftest import fixture_bytes, fixture_chunks, load_expected
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cost_middleware.body.decoders import (
+from cost_middleware.body.events import (
     BODY_TOO_LARGE,
     EVENTSTREAM_CRC,
     EVENTSTREAM_FRAMING,
@@ -25,16 +25,14 @@ from cost_middleware.body.decoders import (
     JSON_ARRAY_TOO_LARGE,
     NDJSON_TOO_LARGE,
     SSE_TOO_LARGE,
-    TAIL_TRIM_BYTES,
-    BodyBuffer,
     Event,
-    EventStreamDecoder,
-    JSONArrayDecoder,
-    NDJSONDecoder,
-    SSEDecoder,
-    SSETail,
-    find_boundary,
 )
+from cost_middleware.body.eventstream import EventStreamDecoder
+from cost_middleware.body.json_array import JSONArrayDecoder
+from cost_middleware.body.ndjson import NDJSONDecoder
+from cost_middleware.body.sse_decoder import SSEDecoder
+from cost_middleware.body.sse_tail import TAIL_TRIM_BYTES, SSETail, find_boundary
+from cost_middleware.body.whole import BodyBuffer
 
 Decoder = SSEDecoder | NDJSONDecoder | JSONArrayDecoder | EventStreamDecoder
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

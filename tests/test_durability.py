@@ -29,7 +29,8 @@ from cost_middleware.engine.spool import Spool
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
 from cost_middleware.schema import cost_records
-from cost_middleware.storage.sql import SQLSink, ensure_schema, make_engine
+from cost_middleware.storage.engine import ensure_schema, make_engine
+from cost_middleware.storage.sinks import SQLSink
 from cost_middleware.usage.model import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,13 +145,14 @@ def test_close_during_an_outage_spools_and_the_next_process_replays(
 
 
 CHILD = """
-import os, signal, sys, time
+import atexit, os, signal, sys, time
 from cost_middleware.engine.batcher import Batcher
 from cost_middleware.config import Settings
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
 from cost_middleware.engine.spool import Spool
-from cost_middleware.storage.sql import SQLSink, make_engine
+from cost_middleware.storage.engine import make_engine
+from cost_middleware.storage.sinks import SQLSink
 url, spool_dir, log_path, mode = sys.argv[1:5]
 if mode == "term":
     # What uvicorn and gunicorn do: SIGTERM becomes a normal exit, which runs atexit.
@@ -160,6 +162,8 @@ else:
     settings = Settings(batch_size=500, flush_interval=0.2, statsd_enabled=False)
 engine = make_engine(url)
 b = Batcher(lambda: SQLSink(engine), settings, Metrics(settings), spool=Spool(spool_dir))
+# A bare batcher is closed by its owner (a tracker registers the one atexit hook that does it).
+atexit.register(b.close)
 log = open(log_path, "w", buffering=1)
 i = 0
 while True:
@@ -298,7 +302,8 @@ def test_a_torn_spool_tail_is_skipped_and_the_rest_replayed(
 REPLAYER = """
 import os, sys, time
 from cost_middleware.engine.spool import Spool
-from cost_middleware.storage.sql import SQLSink, make_engine
+from cost_middleware.storage.engine import make_engine
+from cost_middleware.storage.sinks import SQLSink
 url, spool_dir, out, go = sys.argv[1:5]
 sink = SQLSink(make_engine(url))
 

@@ -32,7 +32,7 @@ COMPOSE = ROOT / "examples" / "docker-compose.yml"
 
 KINDS = {"incr": "counter", "timing": "timer", "gauge": "gauge"}
 #: ``.incr`` calls that are not metrics: Redis INCR of the price version key.
-NOT_METRICS = {("pricing/sync.py", "client")}
+NOT_METRICS = {("pricing/redis_keys.py", "client")}
 #: Attributes whose values the capture layer passes to ``Guard.skip`` (readers'
 #: ``skip_reason``, decoders' and decompressors' ``error``).
 REASON_ATTRIBUTES = {"skip_reason", "error"}
@@ -275,9 +275,12 @@ class _ReasonScan:
             self._add(module, expr.orelse, function)
         elif isinstance(expr, ast.Attribute) and expr.attr in REASON_ATTRIBUTES:
             pass  # every assignment to these attributes is scanned on its own
-        elif isinstance(expr, ast.Attribute) and expr.attr in module.class_constants:
-            for assigned in module.class_constants[expr.attr]:
-                self._add(module, assigned, function)
+        elif isinstance(expr, ast.Attribute) and any(
+                expr.attr in m.class_constants for m in self.modules.values()):
+            # A base class may sit in another module than the subclass setting the constant.
+            for other in self.modules.values():
+                for assigned in other.class_constants.get(expr.attr, []):
+                    self._add(other, assigned, function)
         elif isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) \
                 and expr.func.id == "str" and len(expr.args) == 1 \
                 and isinstance(expr.args[0], ast.Name):

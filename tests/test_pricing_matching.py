@@ -9,7 +9,7 @@ import pytest
 
 from cost_middleware.pricing.book import PriceBook
 from cost_middleware.pricing.catalog import bundled_prices
-from cost_middleware.pricing.matching import candidates, strip_suffix
+from cost_middleware.pricing.matching import PRICE_PROVIDERS, candidates, strip_suffix
 from cost_middleware.pricing.price import Price
 from cost_middleware.pricing.sources import MemoryPriceSource
 
@@ -236,3 +236,33 @@ def test_expected_cost_checks_through_matching_and_the_bundled_catalog(book: Pri
             assert cost == entry["cost_check"]["cost_usd"], entry["file"]
             checked += 1
     assert checked >= 5
+
+
+def test_each_record_provider_tries_its_own_rows_then_its_fallbacks() -> None:
+    for provider, price_providers in PRICE_PROVIDERS.items():
+        # Bedrock falls back to Anthropic's rows for Claude ids only.
+        model = "anthropic.claude-x-v1:0" if provider == "aws_bedrock" else "claude-x"
+        pairs = candidates(provider, model)
+        assert pairs[0] == (provider, model)
+        assert list(dict.fromkeys(p for p, _ in pairs)) == list(price_providers), provider
+
+
+def test_the_vertex_spelling_is_tried_as_the_dated_anthropic_id_first() -> None:
+    pairs = candidates("vertex_anthropic", "claude-sonnet-4-5@20250929")
+    assert pairs.index(("anthropic", "claude-sonnet-4-5-20250929")) < pairs.index(
+        ("anthropic", "claude-sonnet-4-5"))
+    bedrock = candidates("aws_bedrock", "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+    assert bedrock.index(("anthropic", "claude-sonnet-4-5-20250929")) < bedrock.index(
+        ("anthropic", "claude-sonnet-4-5"))
+    assert ("anthropic", "claude-sonnet-4-5-20250929") in candidates(
+        "vertex_anthropic", "Claude-Sonnet-4-5@20250929")
+
+
+@pytest.mark.parametrize("model", [
+    "ft:gpt-4o-mini-2024-07-18:acme::abc123", "ft:gpt-4o-mini:acme:bot:abc123",
+    "FT:gpt-4o-mini-2024-07-18:acme::abc123", "ft:gpt-4o-mini-latest:acme::x", "ft:",
+])
+def test_fine_tunes_are_only_ever_looked_up_as_fine_tunes(model: str) -> None:
+    for provider in ("openai", "azure_openai", "mistral", "openai_compatible"):
+        pairs = candidates(provider, model)
+        assert pairs and all(name.lower().startswith("ft:") for _, name in pairs), pairs

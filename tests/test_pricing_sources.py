@@ -17,7 +17,8 @@ from cost_middleware.pricing.admin import load_catalog
 from cost_middleware.pricing.book import PriceBook
 from cost_middleware.pricing.catalog import bundled_prices, parse_catalog, read_catalog
 from cost_middleware.pricing.price import Price, PriceError
-from cost_middleware.pricing.sources import CatalogFilePriceSource
+from cost_middleware.pricing.redis_tier import RedisPriceTier
+from cost_middleware.pricing.sources import CatalogFilePriceSource, MemoryPriceSource
 from cost_middleware.pricing.sql_source import SQLPriceSource
 from cost_middleware.schema import metadata, model_prices
 from cost_middleware.usage.model import Usage
@@ -45,16 +46,33 @@ def test_sql_source_serves_the_bundled_catalog(engine: sa.Engine) -> None:
             ("gpt-4o", D("2.5")), ("o3", D(2)), ("o3", D(10))]
         assert all(p.effective_from.tzinfo is not None for p in rows)
         assert source.aliases("openai")["gpt-5-chat-latest"] == "gpt-5"
-        assert {p.provider for p in source.load_provider("google")} == {"google"}
-        everything = source.load_all()
+        everything = source.load_models([(p.provider, p.model) for p in bundled_prices()])
         assert len(everything) == len(bundled_prices())
-        assert source.version() == max(p.version for p in everything) == len(everything)
+        assert max(p.version for p in everything) == len(everything)
         sonnet = next(p for p in everything if p.label == "anthropic/claude-sonnet-4-5")
         bundled = next(p for p in bundled_prices() if p.label == sonnet.label)
         assert sonnet.same_rates(bundled)  # tiers and decimals survive the table exactly
         assert source.load_models([]) == []
     finally:
         source.close()
+
+
+def test_every_source_names_the_models_of_a_provider(engine: sa.Engine, tmp_path: Path) -> None:
+    prices = bundled_prices()
+    load_catalog(engine, {"prices": [p.to_catalog() for p in prices]})
+    catalog = tmp_path / "prices.json"
+    catalog.write_text(json.dumps({"prices": [p.to_catalog() for p in prices]}))
+    expected = {p.model for p in prices if p.provider == "anthropic"}
+    sql, memory = SQLPriceSource(engine), MemoryPriceSource(prices)
+    # Model names are not shared through Redis: the tier asks its inner source.
+    tier = RedisPriceTier(memory, "redis://127.0.0.1:9/0", ttl=300)
+    try:
+        for source in (sql, memory, CatalogFilePriceSource(catalog), tier):
+            assert source.models("anthropic") == expected, source
+            assert source.models("nobody") == set()
+    finally:
+        sql.close()
+        tier.close()
 
 
 def test_sql_book_prices_from_one_kept_connection(engine: sa.Engine) -> None:
@@ -85,7 +103,7 @@ def test_sql_source_reconnects_after_the_server_dropped_it(pg_url: str) -> None:
                                            output=D(1)).to_catalog()]})
     source = SQLPriceSource(engine)
     try:
-        assert source.version() == 1
+        assert [p.version for p in source.load_models([("p", "m")])] == [1]
         with engine.connect() as admin:
             pid = source._execute(sa.select(sa.func.pg_backend_pid()))[0][0]
             admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
@@ -136,7 +154,7 @@ def test_catalog_file_reloads_when_it_changes(tmp_path: Path) -> None:
     assert reloads == [1]
     assert book.lookup("openai", "gpt-4o-renamed").input == D("3.00")  # type: ignore[union-attr]
     clock.now += 5
-    source.version()
+    source.load_models([("openai", "gpt-4o")])
     assert reloads == [1]  # unchanged file: no reload
 
 
@@ -161,8 +179,8 @@ def test_catalog_file_versions(tmp_path: Path) -> None:
     write_catalog(path, [entry(version=5), entry(effective_from="2026-01-01"),
                          entry(model="o3", effective_from="2025-01-01")])
     source = CatalogFilePriceSource(path)
-    assert sorted(p.version for p in source.load_all()) == [5, 6, 7]
-    assert source.version() == 7
+    rows = source.load_models([("openai", "gpt-4o"), ("openai", "o3")])
+    assert sorted(p.version for p in rows) == [5, 6, 7]
 
 
 def test_read_catalog_rejects_bad_files(tmp_path: Path) -> None:
@@ -237,7 +255,8 @@ def test_sql_source_leaves_a_shared_in_memory_connection_transactional() -> None
         with engine.connect() as conn:  # the same DBAPI connection (StaticPool)
             conn.execute(sa.delete(model_prices))
             conn.rollback()
-        assert source.version() == 1  # the delete was rolled back: not in autocommit mode
+        # The delete was rolled back: not in autocommit mode.
+        assert [p.model for p in source.load_models([("openai", "gpt-4o")])] == ["gpt-4o"]
     finally:
         source.close()
         engine.dispose()

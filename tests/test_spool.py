@@ -25,7 +25,7 @@ from cost_middleware.engine import spool as spool_module
 from cost_middleware.engine.spool import Spool, SpoolError, _Decoder, encode
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
-from cost_middleware.storage.sql import MemorySink
+from cost_middleware.storage.sinks import MemorySink
 from cost_middleware.usage.model import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,7 +312,7 @@ def test_concurrent_replayers_never_send_a_record_twice(tmp_path: Path,
 FORK_SCRIPT = """
 import os, sys
 from cost_middleware.engine.spool import Spool
-from cost_middleware.storage.sql import MemorySink
+from cost_middleware.storage.sinks import MemorySink
 from cost_middleware.records import CostRecord
 directory = sys.argv[1]
 def batch(tag, n):

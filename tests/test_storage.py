@@ -21,20 +21,17 @@ from hypothesis import strategies as st
 from cost_middleware.config import ConfigError
 from cost_middleware.records import CostRecord
 from cost_middleware.schema import USD_SCALE, ExactDecimal, cost_records
-from cost_middleware.storage.sql import (
+from cost_middleware.storage.engine import ensure_schema, make_engine
+from cost_middleware.storage.rows import (
     _COLUMNS,
-    _MAX_ROWS_PER_INSERT,
     _ROW_ORDER,
     MAX_USD,
-    MemorySink,
-    SQLSink,
     _fast_row,
     _sqlite_datetime,
     _SQLiteTimes,
-    ensure_schema,
-    make_engine,
     record_row,
 )
+from cost_middleware.storage.sinks import _MAX_ROWS_PER_INSERT, MemorySink, SQLSink
 from cost_middleware.usage.model import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -475,7 +472,8 @@ def test_reconnects_after_the_connection_dies(pg_url: str) -> None:
 
 FORK_SCRIPT = """
 import os, sys
-from cost_middleware.storage.sql import SQLSink, make_engine
+from cost_middleware.storage.engine import make_engine
+from cost_middleware.storage.sinks import SQLSink
 from cost_middleware.records import CostRecord
 engine = make_engine(sys.argv[1])
 sink = SQLSink(engine)

@@ -23,25 +23,21 @@ from redis.crc import key_slot
 from cost_middleware.config import Settings
 from cost_middleware.metrics import Metrics
 from cost_middleware.pricing.book import PriceBook
+from cost_middleware.pricing.channels import DOWN, KEYSPACE, POLL_ONLY, TRACKING, merged_flags
+from cost_middleware.pricing.diagnosis import diagnose
+from cost_middleware.pricing.listener import PriceSync
 from cost_middleware.pricing.price import Price
-from cost_middleware.pricing.redis_tier import RedisPriceTier
-from cost_middleware.pricing.sources import MemoryPriceSource
-from cost_middleware.pricing.sync import (
-    DOWN,
-    KEYSPACE,
-    POLL_ONLY,
+from cost_middleware.pricing.redis_keys import (
     PROBE_KEY_PREFIX,
-    TRACKING,
     VERSION_KEY,
-    PriceSync,
     close_client,
-    diagnose,
     make_notifier,
-    merged_flags,
     model_key,
     notify_change,
     parse_model_key,
 )
+from cost_middleware.pricing.redis_tier import RedisPriceTier
+from cost_middleware.pricing.sources import MemoryPriceSource
 
 # The multi-process harness is the benchmark's, so the test and the figures measure one thing.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

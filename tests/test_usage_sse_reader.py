@@ -19,7 +19,7 @@ from conftest import fixture_bytes, load_expected
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cost_middleware.body.decoders import SSEDecoder
+from cost_middleware.body.sse_decoder import SSEDecoder
 from cost_middleware.usage.base import Exchange
 from cost_middleware.usage.detect import Detector
 from cost_middleware.usage.model import Extraction

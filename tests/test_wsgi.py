@@ -276,3 +276,78 @@ def test_a_body_the_server_could_not_write_is_still_recorded(tmp_path: Path) -> 
     result.close()  # type: ignore[attr-defined]  # the write of that chunk failed
     assert len(records) == 1
     assert_usage(records[0].usage, entry)
+
+
+def started_with(mw: WSGICostMiddleware, env: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headers the server was given, after the body was read to its end."""
+    seen: list[list[tuple[str, str]]] = []
+
+    def start_response(s: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.append(headers)
+        return lambda data: None
+
+    result = mw(env, start_response)
+    b"".join(result)
+    getattr(result, "close", lambda: None)()
+    return seen[0]
+
+
+def test_the_request_id_is_echoed_on_inspected_responses(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    own = [("Content-Type", "application/json")]
+    mw, records = collecting(replay_app([fixture_bytes(entry)], "200 OK", "application/json"),
+                             tmp_path)
+    assert started_with(mw, environ_for(entry, headers={"x-request-id": "req-42"})) == [
+        *own, ("x-request-id", "req-42")]
+    generated = started_with(mw, environ_for(entry, headers={}))
+    assert generated == [*own, ("x-request-id", str(records[1].request_id))]
+    assert records[0].request_id == "req-42" and len(str(records[1].request_id)) == 32
+
+
+def test_the_apps_own_request_id_header_wins(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    app = replay_app([fixture_bytes(entry)], "200 OK", "application/json",
+                     {"X-Request-Id": "req_upstream"})
+    mw, records = collecting(app, tmp_path)
+    assert started_with(mw, environ_for(entry, headers={"x-request-id": "mine"})) == [
+        ("Content-Type", "application/json"), ("X-Request-Id", "req_upstream")]
+    assert records[0].request_id == "mine"
+
+
+def test_echo_can_be_turned_off_and_the_header_renamed(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    app = replay_app([fixture_bytes(entry)], "200 OK", "application/json")
+    off, _ = collecting(app, tmp_path, echo_request_id=False)
+    assert started_with(off, environ_for(entry)) == [("Content-Type", "application/json")]
+    renamed, records = collecting(app, tmp_path, request_id_header="X-Correlation-Id")
+    assert started_with(renamed, environ_for(entry, headers={"x-correlation-id": "c-7"})) == [
+        ("Content-Type", "application/json"), ("x-correlation-id", "c-7")]
+    assert records[0].request_id == "c-7"
+
+
+def test_flask_echoes_the_request_id_only_where_we_look(tmp_path: Path) -> None:
+    entry = next(e for e in ENTRIES if e["file"] == "openai_chat.json")
+    app = Flask(__name__)
+
+    @app.post("/v1/chat/completions")
+    def chat() -> Response:
+        return Response(fixture_bytes(entry), content_type="application/json")
+
+    @app.post("/health")
+    def health() -> str:
+        return "ok"
+
+    mw = WSGICostMiddleware(app.wsgi_app, quiet(tmp_path))
+    app.wsgi_app = mw  # type: ignore[method-assign]
+    client = app.test_client()
+    reply = client.post("/v1/chat/completions", json={}, headers={"x-request-id": "abc"})
+    assert reply.headers["x-request-id"] == "abc" and reply.data == fixture_bytes(entry)
+    generated = client.post("/v1/chat/completions", json={}).headers["x-request-id"]
+    assert len(generated) == 32
+    assert "x-request-id" not in client.post("/health").headers
+    mw.close()
+    engine = sa.create_engine(quiet(tmp_path).database_url)
+    with engine.connect() as conn:
+        stored = set(conn.execute(sa.select(cost_records.c.request_id)).scalars())
+    engine.dispose()
+    assert stored == {"abc", generated}

@@ -21,17 +21,18 @@ cap, the submitting thread spools the whole overflow itself: one disk write per
 Only a failing disk (or running without a spool) loses records; they are counted in
 ``records.dropped`` and logged.
 
-Lifecycle: every live batcher is closed by one ``atexit`` hook. No signal handler is
-installed: gunicorn turns SIGTERM into a graceful exit that runs ``atexit``; uvicorn runs the
-ASGI lifespan shutdown (where the middleware closes the engine) and then re-raises SIGTERM,
-which skips ``atexit``, so under uvicorn lifespan must be on. After ``fork`` the child gets
-an empty queue, new locks and no thread (started again at its first record); the parent's
-queued records stay the parent's, so none is written twice.
+Lifecycle: the owner closes the batcher (the tracker does, and the tracker's one ``atexit``
+hook closes every live tracker). No signal handler is installed: gunicorn turns SIGTERM into
+a graceful exit that runs ``atexit``; uvicorn runs the ASGI lifespan shutdown (where the
+middleware closes the engine) and then re-raises SIGTERM, which skips ``atexit``, so under
+uvicorn lifespan must be on. After ``fork`` the child gets an empty queue, new locks and no
+thread: it starts one at its first record or, when the parent's was started by ``start()``,
+at once (a gunicorn worker forked from a preloading master replays the spool without waiting
+for a request); the parent's queued records stay the parent's, so none is written twice.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import random
@@ -42,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from cost_middleware import forks
 from cost_middleware.config import Settings
 from cost_middleware.engine.spool import Spool, SpoolError
 from cost_middleware.metrics import Metrics
@@ -49,7 +51,7 @@ from cost_middleware.records import CostRecord
 
 if TYPE_CHECKING:
     # Only for annotations: storage pulls in SQLAlchemy, which the request path never needs.
-    from cost_middleware.storage.sql import Sink
+    from cost_middleware.storage.sinks import Sink
 
 log = logging.getLogger("cost_middleware")
 
@@ -81,7 +83,6 @@ class ReplaySink:
                  written: Callable[[list[CostRecord]], None]) -> None:
         self._sink = sink
         self._process = process
-        self._written = written
         self._written = written
 
     def write(self, records: Sequence[CostRecord]) -> int:
@@ -125,7 +126,7 @@ class Batcher:
         self._sink: Sink | None = None
         self._last_drop_log = float("-inf")
         self._reset_runtime()
-        _live.add(self)
+        forks.reset_in_child(self, Batcher._reset_runtime)
 
     def _reset_runtime(self) -> None:
         """Fresh queue, locks and worker state (at construction and in a forked child)."""
@@ -179,8 +180,16 @@ class Batcher:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker now (it replays the spool) rather than at the first record."""
+        """Start the worker now (it replays the spool) rather than at the first record, and
+        at once in every child forked from now on."""
+        _started.add(self)
         self._start()
+
+    def start_if_spooled(self) -> None:
+        """:meth:`start` if earlier processes left records in the spool, so that they are
+        replayed without waiting for a record (or a request) to start the worker."""
+        if self._spool is not None and self._spool.status().files:
+            self.start()
 
     def _start(self) -> bool:
         with self._start_lock:
@@ -474,25 +483,20 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {(lines[0] if lines else '')[:200]!r}"
 
 
-_live: weakref.WeakSet[Batcher] = weakref.WeakSet()
 #: Our own generator: an application's random.seed() must not synchronize retries, and it
 #: is reseeded in a forked child so sibling workers retry apart.
 _jitter = random.Random()
+os.register_at_fork(after_in_child=_jitter.seed)
+
+#: Batchers whose worker was started before any record (``start()``).
+_started: weakref.WeakSet[Batcher] = weakref.WeakSet()
 
 
-def _close_all_at_exit() -> None:
-    for batcher in list(_live):
-        try:
-            batcher.close()
-        except Exception as error:
-            log.error("cost_middleware: closing at exit failed (%s)", _describe(error))
+def _start_in_child() -> None:
+    for batcher in list(_started):
+        batcher._start()
 
 
-def _after_fork_in_child() -> None:
-    _jitter.seed()
-    for batcher in list(_live):
-        batcher._reset_runtime()
-
-
-atexit.register(_close_all_at_exit)
-os.register_at_fork(after_in_child=_after_fork_in_child)
+# Registered after ``forks``' hook (imported above), so it runs once every object has been
+# reset in the child: the new worker never sees what the parent's used.
+os.register_at_fork(after_in_child=_start_in_child)

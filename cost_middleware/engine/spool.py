@@ -34,7 +34,6 @@ import secrets
 import threading
 import time
 import typing
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,13 +44,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from cost_middleware import forks
 from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
 from cost_middleware.usage.model import Usage
 
 if TYPE_CHECKING:
     # Only for annotations: storage pulls in SQLAlchemy, which the request path never needs.
-    from cost_middleware.storage.sql import Sink
+    from cost_middleware.storage.sinks import Sink
 
 log = logging.getLogger("cost_middleware")
 
@@ -88,6 +88,9 @@ class SpoolStatus:
     bytes: int
     #: Creation time of the oldest file.
     oldest: datetime | None
+    #: (pid, records) of the files live processes hold (with ``status(holders=True)``): only
+    #: that process replays them, or any process once it has exited.
+    held: tuple[tuple[int, int], ...] = ()
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -232,7 +235,7 @@ class Spool:
         #: Every descriptor this process holds on spool files: a forked child closes its
         #: copies (without unlocking, which would unlock the parent's too).
         self._open_fds: set[int] = set()
-        _live.add(self)
+        forks.reset_in_child(self, Spool._after_fork)
 
     def append(self, records: Sequence[CostRecord]) -> None:
         """Write ``records`` to disk and fsync. Raises :class:`SpoolError` when that fails."""
@@ -284,15 +287,22 @@ class Spool:
             total += self._replay_file(path, sink, left)
         return total
 
-    def status(self) -> SpoolStatus:
+    def status(self, *, holders: bool = False) -> SpoolStatus:
+        """What waits on disk. With ``holders``, also which live processes hold files (for
+        the commands): each file is probed with a shared lock for an instant, which a replayer
+        meeting it takes for a holder, so it retries that file at its next scan."""
         files = records = size = 0
         oldest: datetime | None = None
+        held: dict[int, int] = {}
         for path in self._files():
             try:
                 with open(path, "rb") as f:
                     size_now = os.fstat(f.fileno()).st_size
                     f.seek(_read_offset(f.readline()))
                     lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+                    if holders and _is_held(f.fileno()):
+                        pid = int(path.name.split("-")[1])  # its writer: see _create
+                        held[pid] = held.get(pid, 0) + lines
             except (OSError, ValueError):
                 continue  # replayed and removed meanwhile, or unreadable
             files += 1
@@ -300,7 +310,8 @@ class Spool:
             size += size_now
             if oldest is None:
                 oldest = datetime.fromtimestamp(int(path.name[:20]) / 1e9, UTC)
-        return SpoolStatus(files=files, records=records, bytes=size, oldest=oldest)
+        return SpoolStatus(files=files, records=records, bytes=size, oldest=oldest,
+                           held=tuple(sorted(held.items())))
 
     def close(self) -> None:
         """Seal our file: its records become replayable by any process."""
@@ -356,6 +367,18 @@ class Spool:
         self._open_fds.discard(fd)
         with contextlib.suppress(OSError):  # the descriptor is released either way
             os.close(fd)
+
+    def _after_fork(self) -> None:
+        """In a forked child: never append to the parent's file nor keep its locks alive.
+        The inherited descriptors are closed (never LOCK_UN: the lock is shared with the
+        parent's)."""
+        for fd in self._open_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._open_fds = set()
+        self._fd = None
+        self._size = 0
+        self._lock = threading.Lock()
 
     # -- replaying -------------------------------------------------------------------------
 
@@ -494,6 +517,16 @@ def _read_offset(header: bytes) -> int:
     return int(header[len(MAGIC):-1])
 
 
+def _is_held(fd: int) -> bool:
+    """Whether another open file holds the file's lock (its live writer, or a replayer)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -507,22 +540,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_live: weakref.WeakSet[Spool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The child must not append to the parent's file nor keep its locks alive: close the
-    # inherited descriptors (never LOCK_UN: the lock is shared with the parent's).
-    for spool in list(_live):
-        for fd in spool._open_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        spool._open_fds = set()
-        spool._fd = None
-        spool._size = 0
-        spool._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from cost_middleware.pricing.book import PriceBook
-    from cost_middleware.pricing.sync import PriceSync
-    from cost_middleware.storage.sql import Sink
+    from cost_middleware.pricing.listener import PriceSync
+    from cost_middleware.storage.sinks import Sink
 
 log = logging.getLogger("cost_middleware")
 
@@ -54,7 +54,7 @@ class CostTracker:
         self.settings = settings if settings is not None else Settings.from_env()
         self.metrics = Metrics(self.settings)
         self.guard = Guard(self.metrics)
-        self.detector = Detector(self.settings.paths)
+        self.detector = Detector(self.settings.paths, self.settings.route_providers)
         self.closed = False
         self._sink = sink
         self._book = price_book
@@ -76,8 +76,8 @@ class CostTracker:
         if self.settings.redis_url:
             # Imported now: the first pricing may run at interpreter exit, when redis's own
             # imports can no longer register their atexit hooks.
-            import cost_middleware.pricing.redis_tier
-            import cost_middleware.pricing.sync  # noqa: F401
+            import cost_middleware.pricing.listener
+            import cost_middleware.pricing.redis_tier  # noqa: F401
         _register_atexit(self)
 
     # -- request path -------------------------------------------------------------------
@@ -120,15 +120,9 @@ class CostTracker:
         with self._setup_lock:
             if self._engine is None:
                 # SQLAlchemy is loaded here, in the background, not at import.
-                from cost_middleware.storage.sql import ensure_schema, make_engine
+                from cost_middleware.engine.ledger import open_ledger
 
-                engine = make_engine(self.settings.database_url)
-                ensure_schema(engine)
-                from cost_middleware.pricing.admin import ensure_seeded
-
-                if self.settings.prices_file is None:
-                    ensure_seeded(engine)
-                self._engine = engine
+                self._engine = open_ledger(self.settings)
             return self._engine
 
     @property
@@ -138,7 +132,7 @@ class CostTracker:
 
             book = PriceBook.from_settings(self.settings, self.engine, self.metrics)
             if self.settings.redis_url:
-                from cost_middleware.pricing.sync import PriceSync
+                from cost_middleware.pricing.listener import PriceSync
 
                 self._sync = PriceSync(book, self.settings.redis_url, self.metrics)
                 self._sync.start()
@@ -147,7 +141,7 @@ class CostTracker:
 
     def _make_sink(self) -> Sink:
         if self._sink is None:
-            from cost_middleware.storage.sql import SQLSink
+            from cost_middleware.storage.sinks import SQLSink
 
             self._sink = SQLSink(self.engine)
         return self._sink

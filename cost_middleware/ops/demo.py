@@ -12,6 +12,7 @@ import contextlib
 import random
 import statistics
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import perf_counter
@@ -28,7 +29,7 @@ from cost_middleware.engine.tracker import CostTracker
 from cost_middleware.ops.fake_provider import FakeProviderApp
 from cost_middleware.ops.render import print_report
 from cost_middleware.ops.report import summarize
-from cost_middleware.storage.sql import MemorySink
+from cost_middleware.storage.sinks import MemorySink
 
 TENANTS = ("acme", "globex", "initech", "umbrella", "hooli")
 #: (path, model, stream) mixes of what apps send; weights roughly like real traffic.
@@ -93,22 +94,33 @@ async def call(app: ASGIApp, request: DemoRequest) -> int:
     return size
 
 
-async def _lifespan(app: ASGIApp, phase: str) -> None:
-    messages = [{"type": f"lifespan.{phase}"}]
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[None]:
+    """Runs ``app``'s lifespan around the block, as a server does: one lifespan task gets
+    ``lifespan.startup`` before the block and ``lifespan.shutdown`` after it."""
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    replies: asyncio.Queue[Message] = asyncio.Queue()
+    task: asyncio.Future[None] = asyncio.ensure_future(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get,
+            replies.put))
 
-    async def receive() -> Message:
-        return messages.pop() if messages else {"type": "lifespan.shutdown"}
+    async def step(phase: str) -> None:
+        await inbox.put({"type": f"lifespan.{phase}"})
+        reply = asyncio.ensure_future(replies.get())
+        await asyncio.wait((reply, task), return_when=asyncio.FIRST_COMPLETED)
+        if not reply.done():
+            reply.cancel()
+            task.result()  # the app's own exception, if it raised
+            raise RuntimeError(f"the app ended its lifespan before {phase} completed")
+        if reply.result()["type"] != f"lifespan.{phase}.complete":
+            raise RuntimeError(f"lifespan {phase} failed: {reply.result().get('message', '')}")
 
-    async def send(message: Message) -> None:
-        if message["type"].endswith(".complete"):
-            raise _LifespanStep
-
-    with contextlib.suppress(_LifespanStep):
-        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
-
-
-class _LifespanStep(Exception):
-    """Stops the lifespan coroutine after one phase; the demo drives phases one at a time."""
+    await step("startup")
+    try:
+        yield
+    finally:
+        await step("shutdown")
+        await task
 
 
 async def _timed(app: ASGIApp, requests: list[DemoRequest], progress: Progress | None,
@@ -128,34 +140,33 @@ async def run(count: int, settings: Settings, console: Console) -> dict[str, Any
     wrapped = CostMiddleware(provider, settings)
     requests = build_requests(count)
     started = datetime.now(UTC)
-    await _lifespan(wrapped, "startup")
-    # Warm both paths (imports, caches) before measuring, keeping warm-up records out of
-    # the database so it holds exactly the requests the demo reports.
-    with tempfile.TemporaryDirectory() as spool:
-        # Its own spool: it must never replay (into memory) what the real one holds.
-        warm = CostMiddleware(provider, tracker=CostTracker(
-            settings.with_overrides(spool_dir=spool), sink=MemorySink()))
-        for request in requests[:50]:
-            await call(provider, request)
-            await call(warm, request)
-        warm.tracker.close()
-    bare: list[float] = []
-    with_mw: list[float] = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("sending requests", total=2 * count)
-        # Interleave blocks of bare and wrapped runs so drift affects both alike.
-        for i in range(0, count, 250):
-            block = requests[i:i + 250]
-            bare += await _timed(provider, block, progress, task)
-            with_mw += await _timed(wrapped, block, progress, task)
-    tracker = wrapped.tracker
-    t0 = perf_counter()
-    tracker.flush(30.0)
-    flush_seconds = perf_counter() - t0
-    engine = tracker.engine
-    by_model = summarize(engine, "model", since=started)
-    by_tenant = summarize(engine, "tenant", since=started)
-    await _lifespan(wrapped, "shutdown")
+    async with serving(wrapped):
+        # Warm both paths (imports, caches) before measuring, keeping warm-up records out of
+        # the database so it holds exactly the requests the demo reports.
+        with tempfile.TemporaryDirectory() as spool:
+            # Its own spool: it must never replay (into memory) what the real one holds.
+            warm = CostMiddleware(provider, tracker=CostTracker(
+                settings.with_overrides(spool_dir=spool), sink=MemorySink()))
+            async with serving(warm):
+                for request in requests[:50]:
+                    await call(provider, request)
+                    await call(warm, request)
+        bare: list[float] = []
+        with_mw: list[float] = []
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("sending requests", total=2 * count)
+            # Interleave blocks of bare and wrapped runs so drift affects both alike.
+            for i in range(0, count, 250):
+                block = requests[i:i + 250]
+                bare += await _timed(provider, block, progress, task)
+                with_mw += await _timed(wrapped, block, progress, task)
+        tracker = wrapped.tracker
+        t0 = perf_counter()
+        tracker.flush(30.0)
+        flush_seconds = perf_counter() - t0
+        engine = tracker.engine
+        by_model = summarize(engine, "model", since=started)
+        by_tenant = summarize(engine, "tenant", since=started)
     overhead_us = [(w - b) * 1e6 for w, b in zip(sorted(with_mw), sorted(bare), strict=True)]
     return {
         "requests": count,

@@ -24,11 +24,16 @@ def run_checks(settings: Settings) -> list[Check]:
 
 
 def check_database(settings: Settings) -> Check:
+    from cost_middleware.engine.ledger import WHERE_HINT, absent_file, ledger_name, unreachable
     from cost_middleware.schema import cost_records, model_prices
-    from cost_middleware.storage.sql import make_engine
+    from cost_middleware.storage.engine import make_engine
 
-    url = sa.make_url(settings.database_url)
-    where = url.render_as_string(hide_password=True)
+    where = ledger_name(settings.database_url)
+    init = "run `cost-middleware init`"
+    if absent_file(settings.database_url):
+        # Connecting would create the file: a check never does.
+        return Check("database", False, f"{where}: tables missing ({cost_records.name}, "
+                     f"{model_prices.name}); {init} (no file there yet: {WHERE_HINT})")
     try:
         engine = make_engine(settings.database_url)
         try:
@@ -38,14 +43,16 @@ def check_database(settings: Settings) -> Check:
                            if not inspector.has_table(t.name)]
                 if missing:
                     return Check("database", False, f"{where}: tables missing "
-                                 f"({', '.join(missing)}); run `cost-middleware init`")
+                                 f"({', '.join(missing)}); {init}")
                 count = sa.select(sa.func.count())
                 prices = conn.execute(count.select_from(model_prices)).scalar()
                 records = conn.execute(count.select_from(cost_records)).scalar()
         finally:
             engine.dispose()
     except Exception as exc:
-        return Check("database", False, f"{where}: {type(exc).__name__}: {exc}")
+        # The commands word a ledger they cannot reach the same way (``unreachable``).
+        return Check("database", False, unreachable(settings.database_url, exc)
+                     or f"{where}: {type(exc).__name__}: {exc}")
     return Check("database", True, f"{where}: {prices} price rows, {records} records")
 
 
@@ -53,7 +60,7 @@ def check_redis(settings: Settings) -> list[Check]:
     if not settings.redis_url:
         return [Check("redis", True, "not configured (COST_MIDDLEWARE_REDIS_URL unset): prices "
                       "are cached per process and refresh after the cache TTL", warning=True)]
-    from cost_middleware.pricing.sync import diagnose
+    from cost_middleware.pricing.diagnosis import diagnose
 
     diagnosis = diagnose(settings.redis_url)
     return [Check("redis", diagnosis.ok, diagnosis.summary, warning=not diagnosis.ok and

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from cost_middleware.schema import cost_records
+from cost_middleware.utc import as_utc
 
 GROUPS = ("model", "tenant", "route", "provider")
 
@@ -40,13 +42,14 @@ def summarize(engine: Engine, by: str, since: datetime | None = None) -> list[Re
             sa.func.count(),
             sa.func.coalesce(sa.func.sum(c.input_tokens), 0),
             sa.func.coalesce(sa.func.sum(c.output_tokens), 0),
-            sa.func.sum(c.cost_usd),
+            sa.func.sum(c.cost_usd_pico),  # the exact companion: SQLite's cost_usd is REAL
             sa.func.sum(sa.case((c.cost_usd.is_(None), 1), else_=0)),
         )
         .group_by(column)
     )
     if since is not None:
-        query = query.where(c.created_at >= since)
+        # As UTC: SQLite compares the stored UTC text, so another offset would shift it.
+        query = query.where(c.created_at >= as_utc(since))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     result = [
@@ -82,5 +85,16 @@ def to_json(rows: list[ReportRow], by: str) -> str:
 
 
 def _csv_safe(value: str) -> str:
-    # Tenants and routes are untrusted: keep spreadsheets from evaluating them as formulas.
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    # Tenants and routes are untrusted: control characters (a bare CR splits a row in some
+    # readers, ESC reaches the terminal of whoever cats the file) are written escaped, and
+    # spreadsheets are kept from evaluating a value as a formula.
+    value = _CONTROL.sub(_escape_control, value)
+    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+
+
+#: C0 controls, DEL and C1 controls: never written raw.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"

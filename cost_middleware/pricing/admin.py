@@ -3,30 +3,39 @@
 Every write runs in one transaction that first takes the table's write lock (PostgreSQL:
 ``LOCK TABLE … IN SHARE ROW EXCLUSIVE MODE``, which readers pass but other writers wait for;
 SQLite: ``BEGIN IMMEDIATE``), reads the highest version and numbers each written row max+1,
-max+2, … so versions grow across the whole table even with concurrent writers. A row whose
-rates did not change is not rewritten and keeps its version. ``on_change(provider, model)``
+max+2, … so versions grow across the whole table even with concurrent writers; a deleted row
+(``model_price_deletions``) keeps its version taken, so no version ever names two rows. A row
+whose rates did not change is not rewritten and keeps its version. ``on_change(provider, model)``
 (e.g. the Redis sync's ``notify_change``) is called for every changed model after the commit.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Engine
 
 from cost_middleware.pricing.book import PriceBook
 from cost_middleware.pricing.catalog import CatalogInput, bundled_prices, dump_catalog, read_catalog
-from cost_middleware.pricing.price import Price, parse_datetime
-from cost_middleware.pricing.rows import as_utc, price_from_row, price_to_row
-from cost_middleware.records import CostRecord
-from cost_middleware.schema import USD_SCALE, cost_records, model_prices
-from cost_middleware.usage.model import Usage
+from cost_middleware.pricing.matching import provider_error
+from cost_middleware.pricing.price import (
+    EPOCH,
+    RATE_FIELDS,
+    Price,
+    in_effect,
+    parse_datetime,
+)
+from cost_middleware.pricing.rows import price_from_row, price_to_row
+from cost_middleware.schema import USD_SCALE, cost_records, model_price_deletions, model_prices
+from cost_middleware.storage.rows import REPRICE_COLUMNS, record_from_row
+from cost_middleware.utc import as_utc
 
 log = logging.getLogger("cost_middleware")
 
@@ -64,10 +73,28 @@ def load_catalog(
     ``replace``, rows absent from the catalog are deleted. Returns rows inserted, changed or
     deleted. The whole catalog is validated before anything is written.
     """
-    prices = read_catalog(source)
+    return write_prices(engine, read_catalog(source), replace=replace, on_change=on_change)
+
+
+def write_prices(
+    engine: Engine, prices: Sequence[Price], *, replace: bool = False, newer_only: bool = False,
+    on_change: OnChange | None = None,
+) -> int:
+    """Write many prices in one transaction (:func:`load_catalog`, ``prices import``).
+
+    As :func:`load_catalog`, from :class:`Price` objects. With ``newer_only``, a price dated
+    before its model's newest row is left out; that is judged under the write lock, so a row
+    another process wrote meanwhile is never overtaken by an older one. Returns rows written.
+    """
     changed: set[tuple[str, str]] = set()
     with engine.begin() as conn:
         _lock(conn)
+        if newer_only:
+            newest = {(p, m): as_utc(at) for p, m, at in conn.execute(
+                select(_p.provider, _p.model, func.max(_p.effective_from))
+                .group_by(_p.provider, _p.model))}
+            prices = [p for p in prices if p.effective_from >= newest.get(
+                (p.provider, p.model), p.effective_from)]
         written = _write(conn, prices, replace_all=replace, changed=changed)
     _notify(on_change, changed)
     return written
@@ -79,7 +106,33 @@ def export_catalog(engine: Engine) -> dict[str, Any]:
         return dump_catalog(_load(conn))
 
 
-def set_price(
+#: The fields ``prices set`` copies from the row in effect when they are not given.
+_INHERITED = (*RATE_FIELDS, "aliases", "tiers")
+
+
+@dataclass(frozen=True, slots=True)
+class PriceSet:
+    """What :func:`write_price` wrote, and from what."""
+
+    price: Price
+    #: The row the fields not given were copied from (None: the model's first row).
+    base: Price | None
+    #: Fields given, and fields copied from ``base`` (rates, aliases, tiers it has).
+    given: tuple[str, ...]
+    inherited: tuple[str, ...]
+
+    @property
+    def first(self) -> bool:
+        """The model's first row: from the epoch unless a start was given (see write_price)."""
+        return self.base is None
+
+
+def set_price(engine: Engine, provider: str, model: str, **options: Any) -> Price:
+    """:func:`write_price`, returning the row written."""
+    return write_price(engine, provider, model, **options).price
+
+
+def write_price(
     engine: Engine,
     provider: str,
     model: str,
@@ -87,48 +140,123 @@ def set_price(
     effective_from: datetime | str | None = None,
     on_change: OnChange | None = None,
     **rates: Any,
-) -> Price:
-    """Add (or correct) the price of ``(provider, model)`` from ``effective_from`` (default now).
+) -> PriceSet:
+    """Add (or correct) the price of ``(provider, model)`` from ``effective_from``; says which
+    fields were given and which inherited (``prices set`` prints both).
 
-    ``rates`` are catalog fields (``input``, ``output``, ``cached_input``, ``cache_write``,
-    ``cache_write_1h``, ``web_search_per_1k``, ``aliases``, ``tiers``, ``source``) as decimals,
-    numbers or strings. Fields not given, or given as None (a CLI flag left out), are copied
-    from the row in effect at that time (or the latest row), except ``source``; a model
-    without rows needs ``input`` and ``output``. (To remove a rate, load a catalog entry.)
-    A row with the same ``effective_from`` is replaced (a correction) with a new version.
+    ``effective_from`` defaults to now, except for a model's first row, which defaults to the
+    epoch: no rate priced its earlier records, so the first one given also covers them
+    (``reprice`` then prices them). ``rates`` are catalog fields (``input``, ``output``,
+    ``cached_input``, ``cache_write``, ``cache_write_1h``, ``web_search_per_1k``, ``aliases``,
+    ``tiers``, ``source``) as decimals, numbers or strings. Fields not given, or given as None
+    (a CLI flag left out), are copied from the row in effect at that time (before every row:
+    the first), except ``source``; a model without rows needs ``input`` and ``output``. (To
+    remove a rate, load a catalog entry.) A row with the same ``effective_from`` is replaced
+    (a correction) with a new version. A misspelt provider name raises ``ValueError`` listing
+    ours (see :func:`_check_provider`).
     """
     provider, model = provider.strip(), model.strip()
+    _check_provider(engine, provider)
     label = f"{provider}/{model}"
-    moment = datetime.now(UTC) if effective_from is None else parse_datetime(effective_from, label)
+    given = tuple(name for name, value in rates.items() if value is not None)
     changed: set[tuple[str, str]] = set()
     with engine.begin() as conn:
         _lock(conn)
         history = _load(conn, provider=provider, model=model)
-        base = _in_effect(history, moment) or (history[-1] if history else None)
+        if effective_from is not None:
+            moment = parse_datetime(effective_from, label)
+        else:  # read under the lock: a first row is decided by the rows there are
+            moment = datetime.now(UTC) if history else EPOCH
+        # Before every row: the first one, the rates that follow on from it.
+        base = in_effect(history, moment) or (history[0] if history else None)
         entry: dict[str, Any] = base.to_catalog() if base is not None else {}
         entry.pop("source", None)
-        entry.update((name, value) for name, value in rates.items() if value is not None)
+        entry.update((name, rates[name]) for name in given)
         entry.update(provider=provider, model=model, effective_from=moment, version=0)
         price = Price.from_catalog(entry)
         _write(conn, [price], replace_all=False, changed=changed, force=True)
         stored = _load(conn, provider=price.provider, model=price.model)
     _notify(on_change, changed)
-    return next(row for row in stored if row.effective_from == price.effective_from)
+    inherited = () if base is None else tuple(
+        name for name in _INHERITED if name not in given and getattr(base, name) not in (None, ()))
+    return PriceSet(next(row for row in stored if row.effective_from == price.effective_from),
+                    base, given, inherited)
+
+
+def delete_price(
+    engine: Engine,
+    provider: str,
+    model: str,
+    *,
+    effective_from: datetime | str | None = None,
+    on_change: OnChange | None = None,
+) -> Price:
+    """Remove one row of ``(provider, model)`` (one added by mistake); returns it.
+
+    ``effective_from`` names the row; without it the model must have just one. The row is
+    kept in ``model_price_deletions`` with the time of its deletion, and its version is never
+    given to another row, so records priced by it can still be traced. Raises ``ValueError``
+    when no row, or more than one, matches. ``on_change`` as for :func:`set_price`.
+    """
+    provider, model = provider.strip(), model.strip()
+    _check_provider(engine, provider)
+    label = f"{provider}/{model}"
+    moment = None if effective_from is None else parse_datetime(effective_from, label)
+    with engine.begin() as conn:
+        _lock(conn)
+        history = _load(conn, provider=provider, model=model)
+        rows = [p for p in history if moment is None or p.effective_from == moment]
+        if len(rows) != 1:
+            starts = ", ".join(p.to_catalog()["effective_from"] for p in history)
+            if not history:
+                raise ValueError(f"{label} has no price rows")
+            raise ValueError(
+                f"{label} has no row from {moment.isoformat()}; its rows start at {starts}"
+                if moment is not None else
+                f"{label} has {len(history)} rows (from {starts}): say which to delete with "
+                "--effective-from")
+        row = rows[0]
+        conn.execute(insert(model_price_deletions).values(
+            version=row.version, provider=row.provider, model=row.model,
+            effective_from=row.effective_from, deleted_at=datetime.now(UTC),
+            entry=json.dumps(row.to_catalog())))
+        conn.execute(_DELETE_ROW, {"b_provider": row.provider, "b_model": row.model,
+                                   "b_from": row.effective_from})
+    _notify(on_change, {(row.provider, row.model)})
+    return row
+
+
+def deleted_prices(engine: Engine, provider: str, model: str) -> list[tuple[datetime, Price]]:
+    """The rows of ``(provider, model)`` that were deleted, with when, oldest deletion first."""
+    d = model_price_deletions.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(d.deleted_at, d.entry).where(
+            d.provider == provider, d.model == model).order_by(d.deleted_at, d.version))
+        return [(as_utc(at), Price.from_catalog(json.loads(entry))) for at, entry in rows]
 
 
 def list_prices(engine: Engine, provider: str | None = None) -> list[Price]:
     """The row in effect now for each model (a model with only future rows: its first row)."""
+    if provider is not None:
+        _check_provider(engine, provider)
     with engine.connect() as conn:
         rows = _load(conn, provider=provider)
     now = datetime.now(UTC)
     by_model: dict[tuple[str, str], list[Price]] = {}
     for row in rows:
         by_model.setdefault((row.provider, row.model), []).append(row)
-    return [_in_effect(history, now) or history[0] for history in by_model.values()]
+    return [in_effect(history, now) or history[0] for history in by_model.values()]
+
+
+def price_history(engine: Engine) -> list[Price]:
+    """Every row of every model, by provider, model and ``effective_from`` (future rows too)."""
+    with engine.connect() as conn:
+        return _load(conn)
 
 
 def show_price(engine: Engine, provider: str, model: str) -> list[Price]:
     """Every row of ``(provider, model)``, oldest first (future rows included)."""
+    _check_provider(engine, provider)
     with engine.connect() as conn:
         return _load(conn, provider=provider, model=model)
 
@@ -149,12 +277,14 @@ def reprice(
     book.invalidate_all()  # price from the table as it is now
     updated = 0
     after: tuple[datetime, str] | None = None
+    # The cost and its exact companion get the same amount, each bound by its column's type.
     stmt = update(cost_records).where(_r.record_id == bindparam("b_id")).values(
-        cost_usd=bindparam("b_cost"), price_version=bindparam("b_version"))
+        cost_usd=bindparam("b_cost"), cost_usd_pico=bindparam("b_exact"),
+        price_version=bindparam("b_version"))
     while True:
         # Each page's lower bound is where the last one ended, so the created_at index starts
         # there: with the OR below alone (a filter) every page would rescan from ``since``.
-        query = select(*_REPRICE_COLUMNS).where(
+        query = select(*REPRICE_COLUMNS).where(
             _r.created_at >= (start if after is None else after[0]))
         if only_unpriced:
             query = query.where(_r.cost_usd.is_(None))
@@ -166,10 +296,11 @@ def reprice(
                 query.order_by(_r.created_at, _r.record_id).limit(REPRICE_BATCH)).all()
             if not rows:
                 return updated
-            records = [_record(row) for row in rows]
+            records = [record_from_row(row) for row in rows]
             book.price_many(records)
             changes = [
-                {"b_id": rec.record_id, "b_cost": rec.cost_usd, "b_version": rec.price_version}
+                {"b_id": rec.record_id, "b_cost": rec.cost_usd, "b_exact": rec.cost_usd,
+                 "b_version": rec.price_version}
                 for row, rec in zip(rows, records, strict=True)
                 if rec.cost_usd is not None and (
                     row.cost_usd is None
@@ -182,31 +313,6 @@ def reprice(
         after = (rows[-1].created_at, rows[-1].record_id)
 
 
-_REPRICE_COLUMNS = (
-    _r.record_id, _r.created_at, _r.provider, _r.api, _r.model, _r.input_tokens,
-    _r.cached_input_tokens, _r.cache_write_input_tokens, _r.cache_write_5m_input_tokens,
-    _r.cache_write_1h_input_tokens, _r.output_tokens, _r.reasoning_tokens,
-    _r.web_search_requests, _r.cost_usd, _r.price_version,
-)
-
-
-def _record(row: Row[*tuple[Any, ...]]) -> CostRecord:
-    usage = None
-    if row.input_tokens is not None:
-        usage = Usage(
-            input_tokens=row.input_tokens,
-            output_tokens=row.output_tokens or 0,
-            cached_input_tokens=row.cached_input_tokens or 0,
-            cache_write_input_tokens=row.cache_write_input_tokens or 0,
-            cache_write_5m_input_tokens=row.cache_write_5m_input_tokens,
-            cache_write_1h_input_tokens=row.cache_write_1h_input_tokens,
-            reasoning_tokens=row.reasoning_tokens,
-            web_search_requests=row.web_search_requests,
-        )
-    return CostRecord(provider=row.provider, api=row.api, model=row.model, usage=usage,
-                      record_id=row.record_id, created_at=as_utc(row.created_at))
-
-
 # -- table access ----------------------------------------------------------------------------
 
 def _lock(conn: Connection) -> None:
@@ -216,6 +322,21 @@ def _lock(conn: Connection) -> None:
         conn.execute(text(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
     elif conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _check_provider(engine: Engine, provider: str) -> None:
+    """Refuse a provider name that misspells one of ours (``ValueError`` listing ours), unless
+    price rows or records already carry it (a provider of the app's own named so)."""
+    error = provider_error(provider)
+    if error is None:
+        return
+    with engine.connect() as conn:
+        for table in (model_prices, cost_records):
+            # Only a name that looks misspelt gets here; records have no provider index.
+            if conn.execute(select(table.c.provider).where(
+                    table.c.provider == provider).limit(1)).first() is not None:
+                return
+    raise ValueError(error)
 
 
 def _has_rows(conn: Connection) -> bool:
@@ -232,14 +353,6 @@ def _load(conn: Connection, provider: str | None = None, model: str | None = Non
     return [price_from_row(row._mapping) for row in rows]
 
 
-def _in_effect(history: Sequence[Price], moment: datetime) -> Price | None:
-    current = None
-    for price in history:
-        if price.effective_from <= moment:
-            current = price
-    return current
-
-
 def _write(
     conn: Connection, prices: Iterable[Price], *, replace_all: bool,
     changed: set[tuple[str, str]], force: bool = False,
@@ -247,7 +360,8 @@ def _write(
     """Insert new rows, rewrite changed ones (lock held); returns rows written or deleted."""
     existing: dict[_Key, Price] = {
         (p.provider, p.model, p.effective_from): p for p in _load(conn)}
-    version = int(conn.execute(select(func.coalesce(func.max(_p.version), 0))).scalar_one())
+    version = max(int(conn.execute(select(func.coalesce(func.max(table.c.version), 0)))
+                      .scalar_one()) for table in (model_prices, model_price_deletions))
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     rewritten: list[_Key] = []

@@ -8,11 +8,16 @@ a try: it is about three times faster than ``.get`` and, like every TTLCache rea
 the LRU order, so it needs the lock too.
 
 Invalidation: each entry records which ``(price provider, name)`` pairs its resolution looked at
-(every candidate name, the row it found, and whether it consulted a provider's aliases); a
-reverse index maps those pairs to cache keys, so ``invalidate(provider, model)`` evicts exactly
-the entries a change of that row can affect: exact, alias and suffix-stripped lookups, and
-unknown-model entries the new row may now price. A resolution that raced with an invalidation
+(every candidate name, the row it found, and whether it consulted a provider's aliases: those
+its rows declare and the undated names of its dated rows); a reverse index maps those pairs to
+cache keys, so ``invalidate(provider, model)`` evicts exactly the entries a change of that row
+can affect: exact, alias and suffix-stripped lookups, and unknown-model entries the new row may
+now price. A resolution that raced with an invalidation
 is returned but not cached.
+
+The first sighting in a process of each model no row prices is logged once, as a WARNING naming
+the ``prices set`` command that prices it (the names sanitized; at most
+:data:`SIGHTINGS_LOGGED` models, then only the ``price.unknown_model`` count grows).
 
 A source that fails (database down) leaves the records unpriced, is counted
 (``price.source_error``) and is retried on the next lookup: failures are never cached.
@@ -30,11 +35,13 @@ from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from cost_middleware.pricing.matching import candidates
-from cost_middleware.pricing.price import Price
+from cost_middleware.pricing.commands import loggable, set_command
+from cost_middleware.pricing.matching import candidates, dated_aliases
+from cost_middleware.pricing.price import Price, in_effect
 from cost_middleware.pricing.sources import CatalogFilePriceSource, Key, PriceSource
 from cost_middleware.records import CostRecord
 from cost_middleware.usage.model import Usage
+from cost_middleware.utc import as_utc, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -48,6 +55,11 @@ log = logging.getLogger("cost_middleware")
 _ALIASES = "\x00aliases"
 #: Reverse-index entries per cache slot before the index is rebuilt from the live entries.
 _DEPENDENTS_PER_SLOT = 16
+#: Distinct unknown models a process logs; later ones are only counted.
+SIGHTINGS_LOGGED = 1000
+
+_sighted: set[Key] = set()
+_sighted_lock = threading.Lock()
 
 
 class _Entry:
@@ -66,10 +78,7 @@ class _Entry:
         latest = self.latest
         if latest is not None and latest.effective_from <= at:  # the usual case
             return latest
-        for price in reversed(self.history):
-            if price.effective_from <= at:
-                return price
-        return None
+        return in_effect(self.history, at)
 
 
 
@@ -96,6 +105,8 @@ class PriceBook:
         #: Bumped by every invalidation; a resolution only caches if it saw no bump.
         self._epoch = 0
         self._source_failing = False
+        #: Log the first sighting of each unknown model (a command that reports them says so).
+        self.log_unknown_models = True
 
     @classmethod
     def from_settings(
@@ -146,9 +157,9 @@ class PriceBook:
             # Wall-clock seconds suffice unless the newest row starts in the future.
             latest = entry.latest
             price = latest if latest is not None and time.time() >= entry.latest_ts \
-                else entry.price_at(datetime.now(UTC))
+                else entry.price_at(utcnow())
         else:
-            price = entry.price_at(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
+            price = entry.price_at(as_utc(at))
         if price is None and self.metrics is not None:
             self.metrics.incr("price.unknown_model")
         return price
@@ -165,7 +176,8 @@ class PriceBook:
 
         A record without usage, or whose model has no price (then counted as
         ``price.unknown_model``), gets ``cost_usd = None``; so does one whose usage holds
-        non-integer counts (a bug upstream; counted as ``price.bad_usage``). Never raises for
+        non-integer, negative or inconsistent counts (usage no reader would have passed,
+        handed to ``CostTracker.record``; counted as ``price.bad_usage``). Never raises for
         a record's content.
         """
         start = time.perf_counter()
@@ -197,13 +209,19 @@ class PriceBook:
             if entry is None:  # the source failed: leave it for a later reprice
                 continue
             at = record.created_at
-            if at.tzinfo is None:
+            if at.tzinfo is None:  # as_utc inlined: this runs once per record
                 at = at.replace(tzinfo=UTC)
             price = entry.price_at(at)
             if price is None:
                 unknown += 1
                 continue
             try:
+                # Usage the readers would have refused (a record built by hand and handed to
+                # CostTracker.record): negative counts, or cache subsets above all input.
+                tokens, cached = usage.input_tokens, usage.cached_input_tokens
+                writes = usage.cache_write_input_tokens
+                if (tokens | cached | writes | usage.output_tokens) < 0 or cached + writes > tokens:
+                    raise ValueError("impossible usage")
                 record.cost_usd = price.cost(usage)
             except (TypeError, ValueError, ArithmeticError):
                 bad += 1
@@ -264,8 +282,8 @@ class PriceBook:
             if self._epoch == epoch:
                 self._cache[key] = entry
                 self._index(key, entry)
-        if entry.latest is None:
-            log.debug("cost_middleware: no price for provider %r model %r", key[0], key[1][:200])
+        if entry.latest is None and key[1] and self.log_unknown_models:
+            _first_sighting(key)
         return entry
 
     def _match(self, key: Key, epoch: int) -> _Entry:
@@ -292,7 +310,8 @@ class PriceBook:
                 return self._aliases[provider]
             except KeyError:
                 pass
-        aliases = self.source.aliases(provider)
+        # An alias a row declares wins over an undated name of a dated row.
+        aliases = {**dated_aliases(self.source.models(provider)), **self.source.aliases(provider)}
         with self._lock:
             if self._epoch == epoch:
                 self._aliases[provider] = aliases
@@ -320,6 +339,23 @@ class PriceBook:
             self._source_failing = True
             log.warning("cost_middleware: price source failed (%s); records stay unpriced "
                         "until it answers", type(exc).__name__)
+
+
+def _first_sighting(key: Key) -> None:
+    """Log the first time this process meets ``key`` without a price (a cache miss only)."""
+    with _sighted_lock:
+        if key in _sighted or len(_sighted) > SIGHTINGS_LOGGED:
+            return
+        _sighted.add(key)
+        full = len(_sighted) > SIGHTINGS_LOGGED
+    if full:
+        log.warning("cost_middleware: %d unknown models logged; more are only counted "
+                    "(price.unknown_model)", SIGHTINGS_LOGGED)
+        return
+    provider, model = loggable(key[0]), loggable(key[1])
+    log.warning("cost_middleware: unknown model %s from provider %s: its records are stored "
+                "unpriced; price them with `%s`, then `cost-middleware reprice --since 1h "
+                "--only-unpriced`", model, provider, set_command(provider, model))
 
 
 def _histories(prices: list[Price]) -> dict[Key, tuple[Price, ...]]:

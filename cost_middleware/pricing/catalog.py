@@ -63,7 +63,7 @@ def bundled_prices() -> list[Price]:
     return parse_catalog(decode_catalog(text, BUNDLED_CATALOG), BUNDLED_CATALOG)
 
 
-def dump_catalog(prices: Iterable[Price], as_of: datetime | None = None) -> dict[str, Any]:
-    """A catalog mapping (JSON-ready: decimals as strings) for ``prices``."""
-    moment = as_of or datetime.now(UTC)
-    return {"as_of": moment.date().isoformat(), "prices": [p.to_catalog() for p in prices]}
+def dump_catalog(prices: Iterable[Price]) -> dict[str, Any]:
+    """A catalog mapping (JSON-ready: decimals as strings) for ``prices``, dated today (UTC)."""
+    return {"as_of": datetime.now(UTC).date().isoformat(),
+            "prices": [p.to_catalog() for p in prices]}

@@ -21,13 +21,14 @@ search) are never tiered.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 from cost_middleware.usage.model import Usage
+from cost_middleware.utc import as_utc
 
 #: Decimal places a rate may have; the same as ``schema.RATE_SCALE``.
 RATE_DECIMALS = 9
@@ -39,12 +40,12 @@ _EXACT = Context(prec=60)
 #: (input, cached_input, cache_write_5m, cache_write_1h, output) in integer rate units.
 _Rates = tuple[int, int, int, int, int]
 
-_RATE_FIELDS = ("input", "cached_input", "cache_write", "cache_write_1h", "output",
+RATE_FIELDS = ("input", "cached_input", "cache_write", "cache_write_1h", "output",
                 "web_search_per_1k")
-_PRICE_FIELDS = frozenset({"provider", "model", "aliases", *_RATE_FIELDS, "tiers",
+_PRICE_FIELDS = frozenset({"provider", "model", "aliases", *RATE_FIELDS, "tiers",
                            "effective_from", "version", "source"})
-_TIER_RATES = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
-_TIER_FIELDS = frozenset({"above_input_tokens", *_TIER_RATES})
+TIER_RATES = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
+_TIER_FIELDS = frozenset({"above_input_tokens", *TIER_RATES})
 
 
 class PriceError(ValueError):
@@ -113,9 +114,7 @@ def parse_datetime(value: object, entry: str, name: str = "effective_from") -> d
             raise PriceError(entry, name, f"must be an ISO 8601 date/time, not {value!r}") from None
     else:
         raise PriceError(entry, name, f"must be an ISO 8601 date/time, not {value!r}")
-    if result.tzinfo is None:
-        return result.replace(tzinfo=UTC)
-    return result.astimezone(UTC)
+    return as_utc(result)
 
 
 def _parse_int(value: object, entry: str, name: str) -> int:
@@ -144,14 +143,23 @@ def _required_name(data: Mapping[str, Any], entry: str, name: str) -> str:
     return value.strip()
 
 
-def _format(rate: Decimal) -> str:
+def in_effect(history: Sequence[Price], at: datetime) -> Price | None:
+    """The row of ``history`` (oldest ``effective_from`` first) in effect at ``at``: the
+    latest one that starts at or before it; None when all start later."""
+    for price in reversed(history):
+        if price.effective_from <= at:
+            return price
+    return None
+
+
+def format_rate(rate: Decimal) -> str:
     """Canonical text of a rate: no exponent, no trailing zeros (``2.50`` and a stored
     ``2.500000000`` both give ``2.5``)."""
     return format(rate.normalize(_EXACT), "f")
 
 
 def _format_optional(rate: Decimal | None) -> str | None:
-    return None if rate is None else _format(rate)
+    return None if rate is None else format_rate(rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,11 +191,11 @@ class Tier:
 
     def to_catalog(self) -> dict[str, Any]:
         data: dict[str, Any] = {"above_input_tokens": self.above_input_tokens,
-                                "input": _format(self.input)}
-        for name in _TIER_RATES[1:]:
+                                "input": format_rate(self.input)}
+        for name in TIER_RATES[1:]:
             rate = getattr(self, name)
             if rate is not None:
-                data[name] = _format(rate)
+                data[name] = format_rate(rate)
         return data
 
 
@@ -225,7 +233,7 @@ class Price:
             raise PriceError(entry, "model", "must be a non-empty string")
         # The most decimal places of any rate: the scale of the integer arithmetic.
         scale = 0
-        for name in _RATE_FIELDS:
+        for name in RATE_FIELDS:
             rate = getattr(self, name)
             if rate is None and name not in ("input", "output"):
                 continue
@@ -237,7 +245,7 @@ class Price:
         if len({t.above_input_tokens for t in self.tiers}) != len(self.tiers):
             raise PriceError(entry, "tiers", "has two tiers with the same above_input_tokens")
         for tier in self.tiers:
-            for name in _TIER_RATES:
+            for name in TIER_RATES:
                 rate = getattr(tier, name)
                 if rate is not None:
                     scale = max(scale, _check_rate(rate, entry, f"tiers.{name}"))
@@ -347,11 +355,11 @@ class Price:
             "provider": self.provider,
             "model": self.model,
             "aliases": list(self.aliases),
-            "input": _format(self.input),
+            "input": format_rate(self.input),
             "cached_input": _format_optional(self.cached_input),
             "cache_write": _format_optional(self.cache_write),
             "cache_write_1h": _format_optional(self.cache_write_1h),
-            "output": _format(self.output),
+            "output": format_rate(self.output),
             "web_search_per_1k": _format_optional(self.web_search_per_1k),
             "tiers": [t.to_catalog() for t in self.tiers],
             "effective_from": self.effective_from.astimezone(UTC).isoformat().replace(
@@ -363,7 +371,7 @@ class Price:
     def same_rates(self, other: Price) -> bool:
         """Equal in everything but the version (used to skip rewriting unchanged rows)."""
         return all(getattr(self, f) == getattr(other, f) for f in (
-            "provider", "model", *_RATE_FIELDS, "aliases", "tiers", "effective_from", "source"))
+            "provider", "model", *RATE_FIELDS, "aliases", "tiers", "effective_from", "source"))
 
 
 def _or(rate: Decimal | None, fallback: Decimal) -> Decimal:

@@ -1,10 +1,10 @@
 """The shared price tier between each process's cache and the database: one Redis key per model.
 
 ``RedisPriceTier`` wraps another :class:`~cost_middleware.pricing.sources.PriceSource`. A model's
-rows live at :func:`~cost_middleware.pricing.sync.model_key` as a JSON list of catalog entries
+rows live at :func:`~cost_middleware.pricing.redis_keys.model_key` as a JSON list of catalog entries
 (``[]`` for a model the source does not have, so unknown names cost no query either); a miss
 reads the inner source and fills the key for ``ttl`` seconds. Only model rows are shared:
-aliases, whole providers and the version go to the inner source, whose answers the book caches.
+aliases and model names go to the inner source, whose answers the book caches.
 
 A price change deletes the model's key after bumping the version key (``notify_change``). A fill
 that read the database before such a commit could land after the delete, so it reads the version
@@ -24,8 +24,8 @@ import orjson
 from redis.exceptions import RedisError
 
 from cost_middleware.pricing.price import Price
+from cost_middleware.pricing.redis_keys import VERSION_KEY, OutageLog, SharedClient, model_key
 from cost_middleware.pricing.sources import Key, PriceSource
-from cost_middleware.pricing.sync import VERSION_KEY, OutageLog, SharedClient, model_key
 
 #: Seconds Redis is bypassed after an error.
 RETRY_AFTER = 5.0
@@ -103,14 +103,8 @@ class RedisPriceTier:
     def aliases(self, provider: str) -> dict[str, str]:
         return self.inner.aliases(provider)
 
-    def load_provider(self, provider: str) -> list[Price]:
-        return self.inner.load_provider(provider)
-
-    def load_all(self) -> list[Price]:
-        return self.inner.load_all()
-
-    def version(self) -> int:
-        return self.inner.version()
+    def models(self, provider: str) -> set[str]:
+        return self.inner.models(provider)
 
     def close(self) -> None:
         self._client.close()

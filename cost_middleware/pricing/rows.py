@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cost_middleware.pricing.price import Price, PriceError, Tier
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes, which mean UTC here."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+from cost_middleware.utc import as_utc
 
 
 def json_list(text: str | None, entry: str, name: str) -> list[Any]:

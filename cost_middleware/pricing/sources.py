@@ -36,16 +36,8 @@ class PriceSource(Protocol):
         """Alias → model for the rows of ``provider`` (a later row wins a shared alias)."""
         ...
 
-    def load_provider(self, provider: str) -> list[Price]:
-        """Every row of ``provider``."""
-        ...
-
-    def load_all(self) -> list[Price]:
-        """Every row."""
-        ...
-
-    def version(self) -> int:
-        """The highest price version; it grows with every change."""
+    def models(self, provider: str) -> set[str]:
+        """The model names of ``provider``'s rows."""
         ...
 
     def close(self) -> None:
@@ -57,14 +49,17 @@ class PriceIndex:
     """Prices held in memory, indexed for the :class:`PriceSource` queries."""
 
     def __init__(self, prices: Iterable[Price]) -> None:
-        self.prices = sorted(prices, key=lambda p: (p.provider, p.model, p.effective_from))
         self._by_key: defaultdict[Key, list[Price]] = defaultdict(list)
         self._aliases: defaultdict[str, dict[str, str]] = defaultdict(dict)
-        for price in sorted(self.prices, key=lambda p: p.effective_from):
+        self._models: defaultdict[str, set[str]] = defaultdict(set)
+        # Oldest first, so a later row wins a shared alias (ties: in (provider, model) order).
+        ordered = sorted(prices, key=lambda p: (p.effective_from, p.provider, p.model))
+        for price in ordered:
             self._by_key[(price.provider, price.model)].append(price)
+            self._models[price.provider].add(price.model)
             for alias in price.aliases:
                 self._aliases[price.provider][alias] = price.model
-        self.max_version = max((p.version for p in self.prices), default=0)
+        self.size = len(ordered)
 
     def load_models(self, keys: Collection[Key]) -> list[Price]:
         return [p for key in dict.fromkeys(keys) for p in self._by_key.get(key, ())]
@@ -72,8 +67,8 @@ class PriceIndex:
     def aliases(self, provider: str) -> dict[str, str]:
         return dict(self._aliases.get(provider, {}))
 
-    def load_provider(self, provider: str) -> list[Price]:
-        return [p for p in self.prices if p.provider == provider]
+    def models(self, provider: str) -> set[str]:
+        return set(self._models.get(provider, ()))
 
 
 class MemoryPriceSource:
@@ -101,14 +96,8 @@ class MemoryPriceSource:
     def aliases(self, provider: str) -> dict[str, str]:
         return self._count().aliases(provider)
 
-    def load_provider(self, provider: str) -> list[Price]:
-        return self._count().load_provider(provider)
-
-    def load_all(self) -> list[Price]:
-        return list(self._count().prices)
-
-    def version(self) -> int:
-        return self._index.max_version
+    def models(self, provider: str) -> set[str]:
+        return self._count().models(provider)
 
     def close(self) -> None:
         pass
@@ -180,7 +169,7 @@ class CatalogFilePriceSource:
                         self.path, exc)
             return False
         self._stamp, self._index = stamp, index
-        log.info("cost_middleware: reloaded %d prices from %s", len(index.prices), self.path)
+        log.info("cost_middleware: reloaded %d prices from %s", index.size, self.path)
         return True
 
     def load_models(self, keys: Collection[Key]) -> list[Price]:
@@ -189,14 +178,8 @@ class CatalogFilePriceSource:
     def aliases(self, provider: str) -> dict[str, str]:
         return self._current().aliases(provider)
 
-    def load_provider(self, provider: str) -> list[Price]:
-        return self._current().load_provider(provider)
-
-    def load_all(self) -> list[Price]:
-        return list(self._current().prices)
-
-    def version(self) -> int:
-        return self._current().max_version
+    def models(self, provider: str) -> set[str]:
+        return self._current().models(provider)
 
     def close(self) -> None:
         pass

@@ -11,16 +11,16 @@ per query.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
+from cost_middleware import forks
 from cost_middleware.pricing.price import Price
 from cost_middleware.pricing.rows import json_list, price_from_row
 from cost_middleware.pricing.sources import Key
@@ -37,9 +37,7 @@ _ALIASES = (
     .where(_c.provider == bindparam("provider"), _c.aliases != "[]")
     .order_by(_c.effective_from)
 )
-_BY_PROVIDER = select(model_prices).where(_c.provider == bindparam("provider"))
-_ALL = select(model_prices).order_by(_c.provider, _c.model, _c.effective_from)
-_VERSION = select(func.coalesce(func.max(_c.version), 0))
+_MODELS = select(_c.model).where(_c.provider == bindparam("provider")).distinct()
 
 
 class SQLPriceSource:
@@ -49,8 +47,8 @@ class SQLPriceSource:
         self.engine = engine
         self._lock = threading.Lock()
         self._conn: Connection | None = None
-        self._pid = os.getpid()
         self._rollback = engine.dialect.name == "sqlite"
+        forks.reset_in_child(self, SQLPriceSource._after_fork)
 
     def _execute(self, stmt: Executable, params: dict[str, Any] | None = None,
                  ) -> Sequence[Row[Any]]:
@@ -75,10 +73,14 @@ class SQLPriceSource:
             conn.rollback()
         return rows
 
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's connection is never used or closed here."""
+        if self._conn is not None:
+            forks.abandon(self._conn)
+        self._conn = None
+        self._lock = threading.Lock()  # the parent's may have been held at fork time
+
     def _connection(self) -> Connection:
-        if self._pid != os.getpid():
-            # Inherited over fork: the socket belongs to the parent; never use or close it here.
-            self._conn, self._pid = None, os.getpid()
         if self._conn is None:
             conn = self.engine.connect()
             if not self._rollback:
@@ -110,19 +112,12 @@ class SQLPriceSource:
                 result[alias] = row.model
         return result
 
-    def load_provider(self, provider: str) -> list[Price]:
-        return [price_from_row(r._mapping) for r in self._execute(_BY_PROVIDER,
-                                                                  {"provider": provider})]
-
-    def load_all(self) -> list[Price]:
-        return [price_from_row(r._mapping) for r in self._execute(_ALL)]
-
-    def version(self) -> int:
-        return int(self._execute(_VERSION)[0][0])
+    def models(self, provider: str) -> set[str]:
+        return {row.model for row in self._execute(_MODELS, {"provider": provider})}
 
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
-            if conn is not None and self._pid == os.getpid():
+            if conn is not None:
                 conn.close()
 

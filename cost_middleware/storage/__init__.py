@@ -1,1 +1,1 @@
-"""The SQL ledger: engine set-up, record <-> row, sinks."""
+"""The SQL ledger: engine set-up, schema revisions and migrations, record <-> row, sinks."""

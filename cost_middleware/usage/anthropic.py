@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cost_middleware.body.decoders import Event
+from cost_middleware.body.events import Event
 from cost_middleware.usage.fields import (
     EMPTY,
     cache_counts,
@@ -26,6 +26,8 @@ from cost_middleware.usage.fields import (
 from cost_middleware.usage.model import Extraction, Usage
 from cost_middleware.usage.readers import INVALID_USAGE, Call, EventStream, event_type
 
+ANTHROPIC = "anthropic"
+VERTEX = "vertex_anthropic"
 #: Stream event names (``error`` aside).
 EVENTS = frozenset({
     "message_start", "message_delta", "message_stop", "content_block_start",
@@ -34,7 +36,7 @@ EVENTS = frozenset({
 #: The events that carry usage or end the stream.
 _USAGE_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
 #: Vertex: ``…/publishers/anthropic/models/{model}:rawPredict``.
-_VERTEX_MODELS = "/publishers/anthropic/models/"
+VERTEX_MODELS = "/publishers/anthropic/models/"
 
 
 _COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
@@ -61,7 +63,8 @@ def messages_usage(usage: Any) -> Usage | None:
     return make_usage(base + read + write, output, fields)
 
 
-def _tier(usage: Any) -> str | None:
+def service_tier(usage: Any) -> str | None:
+    """The tier an Anthropic ``Usage`` object was served at."""
     return label(mapping(usage).get("service_tier"))
 
 
@@ -76,7 +79,7 @@ def messages_body(obj: Any, raw: bytes, call: Call) -> Extraction | None:
         return None
     usage = obj.get("usage")
     return call.extraction(
-        label(obj.get("model")), call.usage(messages_usage, usage), tier=_tier(usage)
+        label(obj.get("model")), call.usage(messages_usage, usage), tier=service_tier(usage)
     )
 
 
@@ -86,12 +89,16 @@ def is_message(obj: Mapping[str, Any]) -> bool:
 
 
 def locate_vertex(call: Call) -> None:
-    """Claude on Vertex names the model (``claude-…@date``) in the URL."""
+    """The URL's model (``claude-…@date``), used only when the body names none.
+
+    The body's ``claude-…-date`` is the same model under Anthropic's own id, the one price
+    rows and the other channels use, so it wins.
+    """
     path = call.exchange.path
-    start = path.find(_VERTEX_MODELS)
+    start = path.find(VERTEX_MODELS)
     if start >= 0:
-        name = path[start + len(_VERTEX_MODELS):]
-        call.model = label(name[: name.rfind(":")] if ":" in name else name)
+        name = path[start + len(VERTEX_MODELS):]
+        call.fallback_model = label(name[: name.rfind(":")] if ":" in name else name)
 
 
 class MessagesStream(EventStream):
@@ -137,7 +144,7 @@ class MessagesStream(EventStream):
         usage = message.get("usage")
         if type(usage) is dict:
             self.usage = dict(usage)
-            self.tier = _tier(usage)
+            self.tier = service_tier(usage)
         elif usage is not None:
             self.invalid = True
 

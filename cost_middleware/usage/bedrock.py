@@ -14,7 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from cost_middleware.usage.anthropic import MessagesStream, is_message, messages_usage
+from cost_middleware.usage.anthropic import (
+    MessagesStream,
+    is_message,
+    messages_usage,
+    service_tier,
+)
 from cost_middleware.usage.fields import (
     EMPTY,
     MAX_TOKENS,
@@ -30,7 +35,9 @@ from cost_middleware.usage.fields import (
 from cost_middleware.usage.model import Extraction, Usage
 from cost_middleware.usage.readers import Call, EventStream
 
-_MODEL = "/model/"
+BEDROCK = "aws_bedrock"
+#: ``…/model/{modelId}/{verb}``.
+MODEL_SEGMENT = "/model/"
 _HEADER_INPUT = "x-amzn-bedrock-input-token-count"
 _HEADER_OUTPUT = "x-amzn-bedrock-output-token-count"
 _HEADER_CACHE_READ = "x-amzn-bedrock-cache-read-input-token-count"
@@ -47,19 +54,23 @@ _INVOKE_KEYS = frozenset({
 CONVERSE_EVENTS = frozenset({
     "messageStart", "contentBlockStart", "contentBlockDelta", "contentBlockStop", "messageStop",
 })
-#: Event-stream frame names of exceptions and errors (see ``decoders.EventStreamDecoder``).
+#: Event-stream frame names of exceptions and errors (see ``body.eventstream.EventStreamDecoder``).
 _FAILURES = ("exception:", "error:")
 
 
 def locate(call: Call) -> None:
-    """The model id between ``/model/`` and the verb, percent-decoded (``%3A`` is ``:``)."""
+    """The model id between ``/model/`` and the verb, percent-decoded (``%3A`` is ``:``).
+
+    It wins over the ``model`` a Claude InvokeModel body names: the id (an inference profile's
+    geography, an ARN) is what Bedrock bills by.
+    """
     exchange = call.exchange
     # The raw path keeps an ARN's encoded slashes in one segment.
     path = exchange.raw_path or exchange.path
     end = path.rfind("/")
-    start = path.rfind(_MODEL, 0, end)
+    start = path.rfind(MODEL_SEGMENT, 0, end)
     if start >= 0:
-        call.model = label(unquote(path[start + len(_MODEL) : end]))
+        call.model = label(unquote(path[start + len(MODEL_SEGMENT) : end]))
 
 
 def _tier(obj: Mapping[str, Any], call: Call) -> str | None:
@@ -188,7 +199,7 @@ def invoke_body(obj: Any, raw: bytes, call: Call) -> Extraction | None:
     if is_message(obj):
         usage = obj.get("usage")
         return call.extraction(None, call.usage(messages_usage, usage),
-                               tier=_tier(obj, call) or label(mapping(usage).get("service_tier")))
+                               tier=_tier(obj, call) or service_tier(usage))
     result = call.usage(header_usage, headers)
     if result is None and call.skip_reason is None and _INVOKE_KEYS.isdisjoint(obj):
         return None

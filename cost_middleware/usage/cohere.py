@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cost_middleware.body.decoders import Event
+from cost_middleware.body.events import Event
 from cost_middleware.usage.fields import (
     EMPTY,
     InvalidUsage,
@@ -22,6 +22,7 @@ from cost_middleware.usage.fields import (
 from cost_middleware.usage.model import Extraction, Usage
 from cost_middleware.usage.readers import Call, EventStream, event_type, request_model
 
+COHERE = "cohere"
 EVENTS = frozenset({
     "message-start", "content-start", "content-delta", "content-end", "tool-plan-delta",
     "tool-call-start", "tool-call-delta", "tool-call-end", "citation-start", "citation-end",

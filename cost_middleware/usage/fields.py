@@ -1,13 +1,17 @@
 """Validated reads of untrusted usage values, and the one place a :class:`Usage` is built.
 
 Provider bodies are untrusted: a count must be a plain JSON integer in range, otherwise the
-whole usage is refused (:class:`InvalidUsage`) rather than guessed at.
+whole usage is refused (:class:`InvalidUsage`) rather than guessed at. Broken text is not a
+reason to lose them: JSON that orjson refuses only for an invalid UTF-8 byte or an escaped
+lone surrogate (models and compatible servers emit broken multibyte characters) is read
+again with those replaced by U+FFFD (:func:`reparse`); the numbers are untouched.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import fields as dataclass_fields
 from decimal import Decimal
 from typing import Any
 
@@ -29,9 +33,34 @@ class InvalidUsage(ValueError):
 
 
 def loads(data: bytes) -> Any:
-    """Parsed JSON, or None when ``data`` is not valid JSON."""
+    """Parsed JSON (repaired, see :func:`reparse`), or None when ``data`` is not valid JSON."""
     try:
         return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        found = reparse(data)
+        return None if found is None else found[0]
+
+
+#: Escapes of lone UTF-16 surrogates, which orjson refuses: a high one not followed by a low
+#: one, a low one not preceded by a high one. The backslash must not follow another (an
+#: escaped backslash then ``ud83d`` is plain text; an escape after an escaped backslash is
+#: missed, and such a body stays unread).
+_LONE_HIGH = re.compile(rb"(?<!\\)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+_LONE_LOW = re.compile(rb"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+_REPLACEMENT = rb"\\ufffd"
+
+
+def reparse(data: bytes) -> tuple[Any, bytes] | None:
+    """JSON that orjson refused, read again with each invalid UTF-8 sequence and each escaped
+    lone surrogate replaced by U+FFFD: the value and the text it was read from, or None when
+    ``data`` has neither (nothing to repair) or still does not parse."""
+    fixed = data if data.isascii() else data.decode("utf-8", "replace").encode()
+    if b"\\u" in fixed:
+        fixed = _LONE_LOW.sub(_REPLACEMENT, _LONE_HIGH.sub(_REPLACEMENT, fixed))
+    if fixed == data:
+        return None
+    try:
+        return orjson.loads(fixed), fixed
     except orjson.JSONDecodeError:
         return None
 
@@ -138,6 +167,28 @@ def make_usage(input_tokens: int, output_tokens: int, fields: dict[str, Any]) ->
             cache_split(writes, None, None)
         )
     return Usage(input_tokens, output_tokens, **fields)
+
+
+#: Counts every :class:`Usage` carries; its other integer fields may be None (not reported).
+_COUNTS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_input_tokens")
+_OPTIONAL_COUNTS = tuple(f.name for f in dataclass_fields(Usage)
+                         if f.name not in (*_COUNTS, "reported_cost_usd"))
+
+
+def check_usage(usage: Usage) -> None:
+    """Hold a :class:`Usage` built outside the readers (``record_usage``) to their rules.
+
+    Each count must pass :func:`checked` and the subsets :func:`make_usage`'s totals rule
+    (the copy it builds is not needed); otherwise :class:`InvalidUsage`.
+    """
+    rest: dict[str, Any] = {}
+    for key in _COUNTS[2:]:
+        rest[key] = checked(getattr(usage, key), key)
+    for key in _OPTIONAL_COUNTS:
+        value = getattr(usage, key)
+        rest[key] = None if value is None else checked(value, key)
+    make_usage(checked(usage.input_tokens, "input_tokens"),
+               checked(usage.output_tokens, "output_tokens"), rest)
 
 
 _NUMBER = rb"\s*:\s*(-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?)"

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from cost_middleware.body.decoders import Event
+from cost_middleware.body.events import Event
 from cost_middleware.usage.fields import (
     InvalidUsage,
     count,
@@ -23,6 +23,11 @@ from cost_middleware.usage.fields import (
 from cost_middleware.usage.model import Extraction, Usage
 from cost_middleware.usage.readers import Call, ProbedStream
 
+GEMINI = "google_gemini"
+VERTEX = "vertex_gemini"
+#: ``…/models/{model}:verb``; Vertex's paths have it after ``/publishers/google``.
+MODELS = "/models/"
+VERTEX_MODELS = "/publishers/google" + MODELS
 #: Raw chunks kept from the end of a stream: the last snapshot is in the last one or two.
 _KEEP = 4
 _PROMPT_MODALITIES = {"TEXT": "input_text_tokens", "AUDIO": "input_audio_tokens",
@@ -110,10 +115,10 @@ def generate_body(obj: Any, raw: bytes, call: Call) -> Extraction | None:
 def locate(call: Call) -> None:
     """The URL's model (``…/models/{model}:verb``), used when the body has no ``modelVersion``."""
     path = call.exchange.path
-    start = path.rfind("/models/")
+    start = path.rfind(MODELS)
     colon = path.rfind(":")
     if 0 <= start < colon:
-        call.fallback_model = label(path[start + 8 : colon])
+        call.fallback_model = label(path[start + len(MODELS) : colon])
 
 
 class GenerateStream(ProbedStream):

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cost_middleware.body.decoders import Event
+from cost_middleware.body.events import Event
 from cost_middleware.usage.fields import count, label, loads, make_usage
 from cost_middleware.usage.model import Extraction, Usage
 from cost_middleware.usage.readers import Call, ProbedStream
 
+OLLAMA = "ollama"
 
 def final_usage(obj: Mapping[str, Any]) -> Usage:
     """The counts of a final object: ``prompt_eval_count`` in, ``eval_count`` out."""

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from cost_middleware.body.decoders import Event
+from cost_middleware.body.events import Event
 from cost_middleware.usage.fields import (
     EMPTY,
     InvalidUsage,
@@ -39,6 +39,16 @@ from cost_middleware.usage.readers import (
 AZURE = "azure_openai"
 OPENAI = "openai"
 COMPATIBLE = "openai_compatible"
+GROQ = "groq"
+OPENROUTER = "openrouter"
+DEEPSEEK = "deepseek"
+TOGETHER = "together"
+#: Fireworks AI (OpenAI-shaped API only; known from the transport's host).
+FIREWORKS = "fireworks"
+VLLM = "vllm"
+MISTRAL = "mistral"
+#: Azure's classic paths: ``/openai/deployments/{deployment}/…``.
+AZURE_DEPLOYMENTS = "/openai/deployments/"
 
 #: ``*_tokens_details`` keys → ``Usage`` fields.
 _PROMPT_DETAILS = {
@@ -60,17 +70,17 @@ _OPENAI_MODEL = re.compile(
     r"(?:gpt-(?!oss)|chatgpt-|o\d|text-embedding-|omni-moderation|text-moderation|davinci"
     r"|babbage|codex-|computer-use-)"
 )
+#: OpenAI's and Mistral's fine-tunes: ``ft:gpt-4o-mini-2024-07-18:org::id``.
+FINE_TUNE = "ft:"
 #: OpenAI's backend fingerprints (``fp_`` + hex); Ollama writes ``fp_ollama``.
 _OPENAI_FINGERPRINT = re.compile(r"fp_[0-9a-f]{8,}")
 _MISTRAL_MODEL = (
     "mistral-", "codestral", "magistral", "ministral", "pixtral", "devstral", "voxtral",
     "open-mistral", "open-mixtral", "open-codestral",
 )
-#: Vendor markers in the order they win: each is written by one vendor only.
-_MARKER_ORDER = (
-    ("groq", "groq"), ("azure", AZURE), ("openrouter", "openrouter"), ("deepseek", "deepseek"),
-    ("together", "together"), ("vllm", "vllm"),
-)
+#: Vendor markers (the providers found in a response) in the order they win: each is
+#: written by one vendor only.
+_MARKER_ORDER = (GROQ, AZURE, OPENROUTER, DEEPSEEK, TOGETHER, VLLM)
 #: Events parsed while looking for the model before giving up on it.
 _MAX_MODEL_EVENTS = 8
 #: Raw chunks kept from the end of a stream: usage is in the last one or two everywhere.
@@ -145,31 +155,31 @@ def _web_search_calls(output: Any) -> int:
 def _mark(obj: Mapping[str, Any], found: set[str]) -> None:
     """Add the vendor markers one chat/completions object carries."""
     if "x_groq" in obj:
-        found.add("groq")
+        found.add(GROQ)
     if "prompt_filter_results" in obj:
-        found.add("azure")
+        found.add(AZURE)
     ident = obj.get("id")
     if type(obj.get("provider")) is str or (type(ident) is str and ident.startswith("gen-")):
-        found.add("openrouter")
+        found.add(OPENROUTER)
     if "prompt_logprobs" in obj or "kv_transfer_params" in obj:
-        found.add("vllm")
+        found.add(VLLM)
     choices = obj.get("choices")
     if type(choices) is list:
         for choice in choices:
             if type(choice) is dict:
                 if "content_filter_results" in choice:
-                    found.add("azure")
+                    found.add(AZURE)
                 if "seed" in choice:
-                    found.add("together")
+                    found.add(TOGETHER)
                 if "stop_reason" in choice:
-                    found.add("vllm")
+                    found.add(VLLM)
     usage = mapping(obj.get("usage"))
     if "queue_time" in usage:
-        found.add("groq")
+        found.add(GROQ)
     if "prompt_cache_hit_tokens" in usage:
-        found.add("deepseek")
+        found.add(DEEPSEEK)
     if "is_byok" in usage or "cost" in usage:
-        found.add("openrouter")
+        found.add(OPENROUTER)
     fingerprint = obj.get("system_fingerprint")
     if type(obj.get("service_tier")) is str or (
         type(fingerprint) is str and _OPENAI_FINGERPRINT.fullmatch(fingerprint)
@@ -181,10 +191,12 @@ def _by_model(model: str | None) -> str | None:
     """The provider a bare (vendor-less) model name belongs to, if it says."""
     if not model or "/" in model:
         return None
+    if model.startswith(FINE_TUNE):  # ``ft:{base}:…`` is served by the base model's vendor
+        model = model[len(FINE_TUNE):]
     if model.startswith("deepseek-"):
-        return "deepseek"
+        return DEEPSEEK
     if model.startswith(_MISTRAL_MODEL):
-        return "mistral"
+        return MISTRAL
     if _OPENAI_MODEL.match(model):
         return OPENAI
     return None
@@ -194,28 +206,25 @@ def classify(call: Call, found: set[str], model: str | None) -> str:
     """The provider of a chat/completions/embeddings response."""
     if call.provider == AZURE:  # the deployment path is Azure's alone
         return AZURE
-    for marker, provider in _MARKER_ORDER:
-        if marker in found:
+    for provider in _MARKER_ORDER:
+        if provider in found:
             return provider
     by_model = _by_model(model)
     if by_model is not None:
         return by_model
     if model and "/" in model and model.endswith("-Turbo"):
-        return "together"
+        return TOGETHER
     if OPENAI in found:
         return OPENAI
     return COMPATIBLE
 
 
-_AZURE_DEPLOYMENTS = "/openai/deployments/"
-
-
 def locate_azure(call: Call) -> None:
     """``/openai/deployments/{deployment}/…``: the deployment is the path segment."""
     path = call.exchange.path
-    start = path.find(_AZURE_DEPLOYMENTS)
+    start = path.find(AZURE_DEPLOYMENTS)
     if start >= 0:
-        call.deployment = label(path[start + len(_AZURE_DEPLOYMENTS):].partition("/")[0])
+        call.deployment = label(path[start + len(AZURE_DEPLOYMENTS):].partition("/")[0])
 
 
 def _azure_deployment(call: Call, provider: str) -> None:
@@ -249,7 +258,7 @@ def chat_body(obj: Any, raw: bytes, call: Call) -> Extraction | None:
     usage = call.usage(chat_usage, _usage_object(obj), raw)
     provider = classify(call, found, model)
     _azure_deployment(call, provider)
-    upstream = label(obj.get("provider")) if provider == "openrouter" else None
+    upstream = label(obj.get("provider")) if provider == OPENROUTER else None
     return call.extraction(
         model, usage, provider=provider, upstream=upstream, tier=label(obj.get("service_tier"))
     )
@@ -337,9 +346,9 @@ class ChatStream(Stream):
                 break
         provider = classify(call, self.found, self.model)
         if provider == COMPATIBLE and any(b'"stop_reason"' in data for _, data in self.recent):
-            provider = "vllm"  # vLLM's finish chunk; no other server writes stop_reason
+            provider = VLLM  # vLLM's finish chunk; no other server writes stop_reason
         _azure_deployment(call, provider)
-        upstream = self.upstream if provider == "openrouter" else None
+        upstream = self.upstream if provider == OPENROUTER else None
         return call.extraction(
             self.model, usage, provider=provider, upstream=upstream, tier=self.tier
         )

@@ -10,23 +10,24 @@ reasons are handled here, once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import orjson
 
-from cost_middleware.body.decoders import (
-    BodyBuffer,
-    Event,
-    EventStreamDecoder,
-    JSONArrayDecoder,
-    NDJSONDecoder,
-    SSEDecoder,
-    SSETail,
-    find_boundary,
-)
+from cost_middleware.body.events import BODY_TOO_LARGE, Event
+from cost_middleware.body.eventstream import EventStreamDecoder
+from cost_middleware.body.json_array import JSONArrayDecoder
+from cost_middleware.body.ndjson import NDJSONDecoder
+from cost_middleware.body.sse import LazySSEDecoder
+from cost_middleware.body.sse_tail import SSETail
+from cost_middleware.body.stitch import stitched
+from cost_middleware.body.whole import BodyBuffer
 from cost_middleware.usage.base import Exchange, Reader
-from cost_middleware.usage.fields import InvalidUsage, label, loads
+from cost_middleware.usage.fields import InvalidUsage, label, loads, reparse
 from cost_middleware.usage.model import Extraction, Usage
+
+if TYPE_CHECKING:
+    from cost_middleware.metrics import Metrics
 
 NOT_PROVIDER_SHAPE = "not_provider_shape"
 INVALID_USAGE = "invalid_usage"
@@ -102,11 +103,12 @@ class Stream:
     few bytes decide, and JSON is parsed only for the few events that carry what we need.
     ``settle`` and ``result`` run once, at the end.
 
-    Two promises let an SSE stream skip work (see :class:`SSEReader`): ``keep`` names the
-    events ``events`` still reads (it may only narrow), so that the decoder drops the others
-    unread; and a class with ``TAIL_EVENTS`` set promises that once ``head_read()`` is true,
-    only its last ``TAIL_EVENTS`` events can change the result (such a stream keeps every
-    event: its ``keep`` stays None).
+    Two promises let an SSE stream skip work (see
+    :class:`~cost_middleware.body.sse.LazySSEDecoder`): ``keep`` names the events ``events``
+    still reads (it may only narrow), so that the decoder drops the others unread; and a class
+    with ``TAIL_EVENTS`` set promises that once ``head_read()`` is true, only its last
+    ``TAIL_EVENTS`` events can change the result (such a stream keeps every event: its
+    ``keep`` stays None).
     """
 
     __slots__ = ("call", "failed", "keep", "terminal")
@@ -182,8 +184,10 @@ StreamFactory = Callable[[Call], Stream]
 Locator = Callable[[Call], None]
 
 
-class Finished:
-    """A reader whose result was known from the status line (error responses)."""
+class ErrorResponse:
+    """The reader of an error response (status >= 400): the one place that says an error
+    status is no billed call. Its extraction names the endpoint without model or usage; the
+    capture layer counts it as the ``error_status`` skip and records nothing."""
 
     __slots__ = ("_result", "skip_reason")
 
@@ -199,15 +203,35 @@ class Finished:
 
 
 class BodyReader:
-    """A whole JSON body, parsed once at the end."""
+    """A whole JSON body, parsed once at the end.
 
-    __slots__ = ("_buffer", "_call", "_parse", "skip_reason")
+    Broken text (an invalid UTF-8 byte, an escaped lone surrogate) does not lose the call:
+    the body is read repaired (:func:`~cost_middleware.usage.fields.reparse`) and the repair
+    counted as ``usage.repaired``. A body over its cap is read from its two ends when they
+    are kept (:class:`~cost_middleware.body.whole.BodyBuffer`), joined as one document
+    (:mod:`~cost_middleware.body.stitch`): the first join that parses is the body, read
+    as any other; none is ``body_too_large``.
+    """
+
+    __slots__ = ("_buffer", "_call", "_metrics", "_parse", "skip_reason")
 
     def __init__(self, parse: BodyParser, call: Call) -> None:
         self.skip_reason: str | None = None
         self._parse = parse
         self._call = call
         self._buffer = BodyBuffer(MAX_BODY_BYTES)
+        self._metrics: Metrics | None = None
+
+    def limit(self, max_bytes: int, metrics: Metrics) -> None:
+        """Hold at most ``max_bytes`` of the body, and count repairs in ``metrics`` (called by
+        the capture layer before the first read)."""
+        self._buffer = BodyBuffer(max_bytes)
+        self._metrics = metrics
+
+    @property
+    def keeps_ends(self) -> bool:
+        """A body over the cap is read from its ends (see :class:`BodyBuffer`)."""
+        return self._buffer.keeps_ends
 
     def feed(self, chunk: bytes) -> None:
         self._buffer.feed(chunk)
@@ -215,26 +239,62 @@ class BodyReader:
     def finish(self, complete: bool) -> Extraction | None:
         raw = self._buffer.close()
         if raw is None:
-            self.skip_reason = self._buffer.error
-            return None
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            self.skip_reason = INVALID_JSON if complete else TRUNCATED_BODY
-            return None
+            found = self._ends(complete)
+            if found is None:
+                return None
+            obj, raw = found
+        else:
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                found = self._repaired(raw)
+                if found is None:
+                    self.skip_reason = INVALID_JSON if complete else TRUNCATED_BODY
+                    return None
+                obj, raw = found
         call = self._call
         call.partial = not complete
         result = self._parse(obj, raw, call)
         self.skip_reason = call.skip_reason if result is not None else NOT_PROVIDER_SHAPE
         return result
 
+    def _ends(self, complete: bool) -> tuple[Any, bytes] | None:
+        """A body over the cap, parsed from its joined ends, and the text read; or None, with
+        the skip reason set."""
+        buffer = self._buffer
+        ends = buffer.ends
+        if ends is None:
+            self.skip_reason = buffer.error
+            return None
+        if not complete:
+            # A cut body's tail is no document's end.
+            self.skip_reason = TRUNCATED_BODY
+            return None
+        for doc in stitched(*ends):
+            try:
+                return orjson.loads(doc), doc
+            except orjson.JSONDecodeError:
+                found = self._repaired(doc)
+                if found is not None:
+                    return found
+        self.skip_reason = BODY_TOO_LARGE
+        return None
+
+    def _repaired(self, raw: bytes) -> tuple[Any, bytes] | None:
+        """``raw``, refused by orjson, parsed with its broken text repaired (counted)."""
+        found = reparse(raw)
+        if found is not None and self._metrics is not None:
+            self._metrics.incr("usage.repaired")
+        return found
+
 
 class FrameDecoder(Protocol):
-    """What a stream reader needs of a decoder (every stream class in ``decoders``)."""
+    """What a stream reader needs of a decoder (every stream decoder in ``body``)."""
 
-    error: str | None
+    @property
+    def error(self) -> str | None: ...
 
-    def feed(self, chunk: bytes) -> list[Event]: ...
+    def feed(self, chunk: bytes) -> list[Event] | None: ...
 
     def close(self) -> list[Event]: ...
 
@@ -288,108 +348,33 @@ class StreamReader:
         return result
 
 
-#: Reads an :class:`SSEReader` collects before decoding them together.
-BATCH_BYTES = 16 << 10
-
-
 class SSEReader(StreamReader):
     """A ``text/event-stream``, read with the savings :class:`Stream` allows.
 
-    For a stream with ``TAIL_EVENTS``, reads are decoded one by one until its head is read;
-    then, from the next blank line on, they go to an
-    :class:`~cost_middleware.body.decoders.SSETail` and only the last events are decoded, at the
-    end. The stream sees exactly the events it would have seen last; what it misses in
-    between could not change its result. Should the tail give up (an event too long to
-    hold), its events go to the stream and decoding resumes.
-
-    Other streams only need their events by the end: reads are collected up to
-    ``BATCH_BYTES`` and decoded together, which costs far less per event than a decoder
-    call per read, and the decoder drops the events the stream no longer ``keep``s.
+    Its decoder, a :class:`~cost_middleware.body.sse.LazySSEDecoder`, gets the stream's
+    promises: ``keep``, ``TAIL_EVENTS`` and ``head_read()``.
     """
 
-    __slots__ = ("_batch", "_batched", "_tail", "_tailing")
+    __slots__ = ()
 
-    _decoder: SSEDecoder
+    _decoder: LazySSEDecoder
 
     def __init__(self, stream: Stream) -> None:
-        super().__init__(SSEDecoder(keep=stream.keep), stream)
-        self._tail: SSETail | None = None
-        #: The tail may still be taken up.
-        self._tailing = stream.TAIL_EVENTS > 0
-        self._batch: list[bytes] = []
-        self._batched = 0
+        super().__init__(
+            LazySSEDecoder(lambda: stream.keep, stream.TAIL_EVENTS, stream.head_read), stream)
 
-    def feed(self, chunk: bytes) -> None:
-        tail = self._tail
-        if tail is not None:
-            if not tail.feed(chunk):
-                self._resume(tail)
-            return
-        if not self._tailing:
-            self._batch.append(chunk)
-            self._batched += len(chunk)
-            if self._batched >= BATCH_BYTES:
-                self._decode()
-            return
-        # The head: decoded read by read until it is read, then the tail begins.
-        stream = self._stream
-        decoder = self._decoder
-        if stream.head_read() and decoder.error is None:
-            found = find_boundary(chunk)
-            if found is not None:
-                self._take_tail(chunk, *found)
-                return
-        events = decoder.feed(chunk)
-        if events:
-            self._give(events)
-
-    def _decode(self) -> None:
-        """Decode the collected reads."""
-        batch = self._batch
-        data = batch[0] if len(batch) == 1 else b"".join(batch)
-        batch.clear()
-        self._batched = 0
-        decoder = self._decoder
-        events = decoder.feed(data)
-        if events:
-            self._give(events)
-            decoder.keep = self._stream.keep
-
-    def _take_tail(self, chunk: bytes, cut: int, sep: bytes) -> None:
-        """Decode ``chunk`` up to its first blank line (ending at ``cut``), keep the rest raw."""
-        stream = self._stream
-        decoder = self._decoder
-        events = decoder.feed(chunk[:cut])
-        if events:
-            self._give(events)
-        if decoder.error is not None:
-            self._tailing = False
-            return
-        tail = self._tail = SSETail(sep, stream.TAIL_EVENTS)
-        rest = chunk[cut:]
-        if rest and not tail.feed(rest):
-            self._resume(tail)
-
-    def _resume(self, tail: SSETail) -> None:
-        """Back to decoding every read, from the tail's start on."""
-        self._tail = None
-        self._tailing = False
-        decoder, events = tail.resume()
-        self._decoder = decoder
-        if events:
-            self._give(events)
+    @property
+    def _tail(self) -> SSETail | None:
+        """The raw tail, once it has taken the stream over (what tests look at)."""
+        return self._decoder.tail
 
     def finish(self, complete: bool) -> Extraction | None:
-        tail = self._tail
-        if tail is not None:
-            events = tail.events()
-        else:
-            if self._batch:
-                self._decode()
-            events = self._decoder.close()
+        # Reads still collected came before the end of input, and their events may narrow
+        # the stream's ``keep`` for the last ones.
+        events = self._decoder.flush()
         if events:
-            self._stream.events(events)
-        return self._result(complete)
+            self._give(events)
+        return super().finish(complete)
 
 
 def media_type(headers: Any) -> str:
@@ -436,7 +421,7 @@ class Endpoint:
         if exchange.status >= 400:
             # Error bodies have neither usage nor a billed model.
             call.model = call.fallback_model = None
-            return Finished(call.extraction(None, None))
+            return ErrorResponse(call.extraction(None, None))
         media = media_type(exchange.response_headers)
         if media == _SSE:
             return SSEReader(self._stream(call))

@@ -9,36 +9,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cost_middleware.body.decoders import Event
-from cost_middleware.usage import anthropic, bedrock, cohere, gemini, ollama, openai
+from cost_middleware.body.events import Event
+from cost_middleware.usage import anthropic, bedrock, cohere, gemini, ollama
+from cost_middleware.usage.families import FAMILIES, Family
 from cost_middleware.usage.fields import label, loads, mapping
 from cost_middleware.usage.model import Extraction
-from cost_middleware.usage.readers import BodyParser, Call, Stream, StreamFactory
+from cost_middleware.usage.readers import Call, Stream
 
 UNKNOWN = "unknown"
 #: Events looked at before deciding that a stream is none of ours.
 _MAX_PROBES = 8
 
-Family = tuple[str, str, BodyParser, StreamFactory]
-
-_ANTHROPIC: Family = ("anthropic", "messages", anthropic.messages_body, anthropic.MessagesStream)
-_RESPONSES: Family = ("openai", "responses", openai.responses_body, openai.ResponsesStream)
-_GEMINI: Family = ("google_gemini", "generate_content", gemini.generate_body,
-                   gemini.GenerateStream)
-_GEMINI_STREAM: Family = ("google_gemini", "stream_generate_content", gemini.generate_body,
-                          gemini.GenerateStream)
-_COHERE: Family = ("cohere", "chat_v2", cohere.chat_body, cohere.ChatStream)
-_CONVERSE: Family = ("aws_bedrock", "converse", bedrock.converse_body, bedrock.ConverseStream)
-_CONVERSE_STREAM: Family = ("aws_bedrock", "converse_stream", bedrock.converse_body,
-                            bedrock.ConverseStream)
-_INVOKE_STREAM: Family = ("aws_bedrock", "invoke_model_with_response_stream",
-                          bedrock.invoke_body, bedrock.InvokeStream)
-_OLLAMA_API = {"message": "ollama_chat", "response": "ollama_generate",
-               "embeddings": "ollama_embed"}
-
-
-def _chat(api: str) -> Family:
-    return (openai.COMPATIBLE, api, openai.chat_body, openai.ChatStream)
+_OPENAI = FAMILIES["openai"]
+_CHAT, _COMPLETIONS, _EMBEDDINGS, _RESPONSES = (
+    _OPENAI["chat_completions"], _OPENAI["completions"], _OPENAI["embeddings"],
+    _OPENAI["responses"],
+)
+_ANTHROPIC = FAMILIES["anthropic"]["messages"]
+_GEMINI = FAMILIES["gemini"]["generate_content"]
+_GEMINI_STREAM = FAMILIES["gemini"]["stream_generate_content"]
+_COHERE = FAMILIES["cohere"]["chat_v2"]
+_BEDROCK = FAMILIES["bedrock"]
+_CONVERSE = _BEDROCK["converse"]
+_CONVERSE_STREAM = _BEDROCK["converse_stream"]
+_INVOKE_STREAM = _BEDROCK["invoke_model_with_response_stream"]
+_OLLAMA = FAMILIES["ollama"]
+_OLLAMA_CHAT = _OLLAMA["ollama_chat"]
+#: The key an Ollama object has → its API (chat when none).
+_OLLAMA_BY_KEY = {"message": _OLLAMA_CHAT, "response": _OLLAMA["ollama_generate"],
+                  "embeddings": _OLLAMA["ollama_embed"]}
 
 
 def _by_event_name(name: str) -> Family | None:
@@ -66,13 +65,14 @@ def _by_shape(obj: Mapping[str, Any], stream: bool) -> Family | None:
     if gemini.is_chunk(obj):
         return _GEMINI_STREAM if stream else _GEMINI
     shape = obj.get("object")
-    if shape in ("text_completion", "list"):
-        return _chat("completions" if shape == "text_completion" else "embeddings")
+    if shape == "text_completion":
+        return _COMPLETIONS
+    if shape == "list":
+        return _EMBEDDINGS
     if "choices" in obj or shape in ("chat.completion", "chat.completion.chunk"):
-        return _chat("chat_completions")
+        return _CHAT
     if ollama.is_object(obj):
-        api = next((v for k, v in _OLLAMA_API.items() if k in obj), "ollama_chat")
-        return ("ollama", api, ollama.body, ollama.NDJSONStream)
+        return next((v for k, v in _OLLAMA_BY_KEY.items() if k in obj), _OLLAMA_CHAT)
     if "stopReason" in obj or "inputTokens" in mapping(obj.get("usage")):
         return _CONVERSE
     if "finish_reason" in obj and "message" in obj:
@@ -81,7 +81,7 @@ def _by_shape(obj: Mapping[str, Any], stream: bool) -> Family | None:
 
 
 def _adopt(call: Call, family: Family) -> None:
-    call.provider, call.api = family[0], family[1]
+    call.provider, call.api = family.provider, family.api
     if family is _COHERE:
         cohere.locate(call)
 
@@ -95,7 +95,7 @@ def body(obj: Any, raw: bytes, call: Call) -> Extraction | None:
     if family is None:
         return None
     _adopt(call, family)
-    return family[2](obj, raw, call)
+    return family.body(obj, raw, call)
 
 
 def _gemini_array(items: list[Any], call: Call) -> Extraction | None:
@@ -132,7 +132,7 @@ class SniffStream(Stream):
                     family = _by_shape(mapping(loads(data)), stream=True)
                 if family is not None:
                     _adopt(self.call, family)
-                    inner = self.inner = family[3](self.call)
+                    inner = self.inner = family.stream(self.call)
                     events = events[index:]
                     break
             else:

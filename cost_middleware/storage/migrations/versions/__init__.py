@@ -1,0 +1,1 @@
+"""The ledger's revisions, oldest first; each is frozen once released."""
