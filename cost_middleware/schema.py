@@ -1,5 +1,6 @@
 """SQLAlchemy tables: ``cost_records`` (the ledger), ``model_prices`` (the price history),
-``model_price_deletions`` (rows removed from it) and the schema revision the ledger is at.
+``model_price_deletions`` (rows removed from it), ``budgets`` (spend limits) and the schema
+revision the ledger is at.
 
 Exposed as :data:`metadata` (the head schema) for users who manage schema with their own
 migrations; ours are in :mod:`cost_middleware.storage.migrations`.
@@ -244,6 +245,29 @@ model_price_deletions = Table(
     Column("deleted_at", DateTime(timezone=True), nullable=False),
     # The deleted row as a catalog entry (JSON text), version and source included.
     Column("entry", Text, nullable=False),
+)
+
+#: Spend limits (``cost-middleware budgets``). ``subject`` is a value of ``scope`` (a tenant,
+#: a route...), or ``*`` for each value separately; ``window`` is a UTC calendar ``hour``,
+#: ``day`` or ``month``, or ``total``. Spend is not kept here: it is counted from the ledger.
+_limit = _money("limit_usd", USD_SCALE, nullable=False)
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("subject", String(256), primary_key=True),
+    Column("window", String(8), primary_key=True),
+    _limit,
+    Column("mode", String(8), nullable=False, default="block"),
+    # The fraction of the limit at which an alert is logged and counted; null = none.
+    Column("alert_at", Float),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    *_companions("budgets", _limit),
+    CheckConstraint("scope IN ('tenant', 'route', 'model', 'provider', 'all')",
+                    name="ck_budgets_scope"),
+    CheckConstraint("\"window\" IN ('hour', 'day', 'month', 'total')", name="ck_budgets_window"),
+    CheckConstraint("mode IN ('block', 'observe')", name="ck_budgets_mode"),
 )
 
 #: Alembic's own layout of its version table, so either may create it.

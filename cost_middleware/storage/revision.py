@@ -19,11 +19,13 @@ V0_1 = "0001_v0_1"
 DOLLARS = "0002_dollars"
 #: ``model_price_deletions``: the audit trail of ``prices delete``.
 PRICE_DELETIONS = "0003_price_deletions"
+#: ``budgets``: spend limits.
+BUDGETS = "0004_budgets"
 #: The revision this code writes (a test checks it is the migration scripts' head).
-HEAD = PRICE_DELETIONS
+HEAD = BUDGETS
 
 #: Every revision this version can upgrade from.
-KNOWN = (V0_1, DOLLARS, PRICE_DELETIONS)
+KNOWN = (V0_1, DOLLARS, PRICE_DELETIONS, BUDGETS)
 
 
 class LedgerVersionError(ValueError):
@@ -44,6 +46,8 @@ def current(conn: Connection) -> str | None:
     if found is not None:
         return found
     inspector = sa.inspect(conn)
+    if inspector.has_table("budgets"):
+        return BUDGETS
     if inspector.has_table("model_price_deletions"):
         return PRICE_DELETIONS
     for table, companion in ((cost_records, "cost_usd_pico"), (model_prices, "input_nano")):
