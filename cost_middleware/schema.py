@@ -231,7 +231,8 @@ model_prices = Table(
     Index("ix_model_prices_version", "version"),
 )
 
-#: Rows removed by ``prices delete`` (the audit trail): the row as it was, and when it went. Its
+#: Rows that left ``model_prices`` (the audit trail: ``prices delete``, a correction of a row,
+#: a ``prices load --replace``): the row as it was, and when it went. Its
 #: version stays taken (the next row is numbered above every version here and in
 #: ``model_prices``), so a version a record keeps always names one row. The rates are exact
 #: decimal strings in ``entry``, as in a catalog: nothing sums them.

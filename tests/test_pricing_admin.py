@@ -8,9 +8,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import sqlalchemy as sa
 
 from cost_middleware.pricing.admin import (
+    delete_price,
+    deleted_prices,
     ensure_seeded,
     export_catalog,
     list_prices,
@@ -23,7 +27,7 @@ from cost_middleware.pricing.book import PriceBook
 from cost_middleware.pricing.catalog import bundled_prices
 from cost_middleware.pricing.price import PriceError
 from cost_middleware.pricing.sql_source import SQLPriceSource
-from cost_middleware.schema import cost_records, model_prices
+from cost_middleware.schema import cost_records, model_price_deletions, model_prices
 
 D = Decimal
 JAN = datetime(2025, 1, 1, tzinfo=UTC)
@@ -237,3 +241,54 @@ def test_reprice_pages_through_many_records(engine: sa.Engine,
     assert len(pages) == 6  # 7, 7, 7, 7, 2 records, then none
     assert "2025-02-28" in pages[0]
     assert all("2025-02-28" not in p and " OR " in p for p in pages[1:])
+
+
+def all_versions(engine: sa.Engine) -> tuple[set[int], list[int]]:
+    """(versions in the price table, versions kept by the audit trail)."""
+    with engine.connect() as conn:
+        live = set(conn.execute(sa.select(model_prices.c.version)).scalars())
+        gone = list(conn.execute(sa.select(model_price_deletions.c.version)).scalars())
+    return live, gone
+
+
+def test_a_replacing_load_keeps_the_highest_version_taken(engine: sa.Engine) -> None:
+    """Deleting the newest row, then a --replace load: the next version is still above it."""
+    load_catalog(engine, {"prices": [entry(), entry("o3", "2")]})
+    assert versions(engine) == [1, 2]
+    delete_price(engine, "openai", "o3")
+    load_catalog(engine, {"prices": [entry(inp="3")]}, replace=True)  # a correction of gpt-4o
+    assert versions(engine) == [3]
+    load_catalog(engine, {"prices": [entry("o1", "15")]}, replace=True)  # gpt-4o dropped
+    live, gone = all_versions(engine)
+    assert live == {4} and sorted(gone) == [1, 2, 3]
+    (_, kept), = deleted_prices(engine, "openai", "gpt-4o")[-1:]
+    assert kept.version == 3 and kept.input == D("3")
+
+
+_ops = st.lists(st.tuples(st.sampled_from(["set", "load", "replace", "delete"]),
+                          st.sampled_from(["m1", "m2", "m3"]),
+                          st.sampled_from(["1", "2", "3"])), min_size=1, max_size=12)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_ops)
+def test_versions_only_ever_grow(engine: sa.Engine, ops: list[tuple[str, str, str]]) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.delete(model_prices))
+        conn.execute(sa.delete(model_price_deletions))
+    highest = 0
+    for op, model, rate in ops:
+        if op == "set":
+            set_price(engine, "openai", model, input=D(rate), output=D("10"))
+        elif op == "delete":
+            rows = show_price(engine, "openai", model)
+            if not rows:
+                continue
+            delete_price(engine, "openai", model, effective_from=rows[-1].effective_from)
+        else:
+            load_catalog(engine, {"prices": [entry(model, rate)]}, replace=op == "replace")
+        live, gone = all_versions(engine)
+        assert len(gone) == len(set(gone)) and not live & set(gone)  # each names one row
+        new = live - set(range(highest + 1))
+        assert all(v > highest for v in new)
+        highest = max(live | set(gone) | {highest})

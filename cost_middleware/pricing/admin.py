@@ -3,8 +3,9 @@
 Every write runs in one transaction that first takes the table's write lock (PostgreSQL:
 ``LOCK TABLE … IN SHARE ROW EXCLUSIVE MODE``, which readers pass but other writers wait for;
 SQLite: ``BEGIN IMMEDIATE``), reads the highest version and numbers each written row max+1,
-max+2, … so versions grow across the whole table even with concurrent writers; a deleted row
-(``model_price_deletions``) keeps its version taken, so no version ever names two rows. A row
+max+2, … so versions grow across the whole table even with concurrent writers. A row that
+leaves the table (``prices delete``, a correction, a ``--replace`` load) is kept in
+``model_price_deletions``, so its version stays taken and no version ever names two rows. A row
 whose rates did not change is not rewritten and keeps its version. ``on_change(provider, model)``
 (e.g. the Redis sync's ``notify_change``) is called for every changed model after the commit.
 """
@@ -216,12 +217,7 @@ def delete_price(
                 f"{label} has {len(history)} rows (from {starts}): say which to delete with "
                 "--effective-from")
         row = rows[0]
-        conn.execute(insert(model_price_deletions).values(
-            version=row.version, provider=row.provider, model=row.model,
-            effective_from=row.effective_from, deleted_at=datetime.now(UTC),
-            entry=json.dumps(row.to_catalog())))
-        conn.execute(_DELETE_ROW, {"b_provider": row.provider, "b_model": row.model,
-                                   "b_from": row.effective_from})
+        _retire(conn, [row])
     _notify(on_change, {(row.provider, row.model)})
     return row
 
@@ -379,12 +375,24 @@ def _write(
         changed.add((price.provider, price.model))
     removed = sorted(existing.keys() - wanted) if replace_all else []
     changed.update((provider, model) for provider, model, _ in removed)
-    if rewritten or removed:
-        conn.execute(_DELETE_ROW, [{"b_provider": p, "b_model": m, "b_from": f}
-                                   for p, m, f in rewritten + removed])
+    _retire(conn, [existing[key] for key in rewritten + removed])
     if rows:
         conn.execute(insert(model_prices), rows)
     return len(rows) + len(removed)
+
+
+def _retire(conn: Connection, rows: Sequence[Price]) -> None:
+    """Delete ``rows`` from the price table, keeping each in ``model_price_deletions``: its
+    version stays taken (the next is numbered above it) and records that used it stay traced."""
+    if not rows:
+        return
+    now = datetime.now(UTC)
+    conn.execute(insert(model_price_deletions), [
+        {"version": row.version, "provider": row.provider, "model": row.model,
+         "effective_from": row.effective_from, "deleted_at": now,
+         "entry": json.dumps(row.to_catalog())} for row in rows])
+    conn.execute(_DELETE_ROW, [{"b_provider": row.provider, "b_model": row.model,
+                                "b_from": row.effective_from} for row in rows])
 
 
 _DELETE_ROW = delete(model_prices).where(
