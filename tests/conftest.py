@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from faults import Proxy
+from hostile import CATEGORIES, categories_of
 
 from cost_middleware import config
 
@@ -24,6 +25,20 @@ CORPUS_FIXTURES = ROOT / "tests" / "fixtures" / "corpus"
 LOCAL_FIXTURES = ROOT / "tests" / "fixtures"
 PG_ADMIN_URL = os.environ.get("COST_MIDDLEWARE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI") == "true"
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "hostile: the hostile-input suite (tests/hostile.py)")
+    for category, (what, _) in CATEGORIES.items():
+        config.addinivalue_line("markers", f"{category}: hostile input: {what}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for category in categories_of(item.nodeid):
+            item.add_marker(category)
+            item.add_marker("hostile")
 
 
 def service_missing(what: str) -> None:

@@ -26,6 +26,9 @@ class Proxy:
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
+        #: A server reply to hold back: the proxy cuts instead of forwarding it (see cut_on_reply).
+        self._fatal_reply: bytes | None = None
+        self.cut_replies = 0
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
 
@@ -38,6 +41,13 @@ class Proxy:
             for s in list(self._sockets):
                 _reset(s)
             self._sockets.clear()
+
+    def cut_on_reply(self, marker: bytes | None) -> None:
+        """Cut, once, the moment the server sends bytes holding ``marker``, before the client
+        gets them: the statement has run (and, in autocommit, committed), its answer is lost.
+        ``b"COPY "`` catches the CommandComplete of a COPY, ``b"COMMIT"`` that of a COMMIT."""
+        with self._lock:
+            self._fatal_reply = marker
 
     def restore(self) -> None:
         with self._lock:
@@ -71,14 +81,22 @@ class Proxy:
                 upstream.settimeout(None)
                 self._sockets |= {client, upstream}
             self._threads = [t for t in self._threads if t.is_alive()]
-            for src, dst in ((client, upstream), (upstream, client)):
-                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+            for src, dst, replies in ((client, upstream, False), (upstream, client, True)):
+                t = threading.Thread(target=self._pump, args=(src, dst, replies), daemon=True)
                 t.start()
                 self._threads.append(t)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
         try:
             while data := src.recv(65536):
+                marker = self._fatal_reply
+                if replies and marker is not None and marker in data:
+                    with self._lock:
+                        self._fatal_reply = None
+                        self.cut_replies += 1
+                    self.cut()
+                    self.restore()
+                    return
                 dst.sendall(data)
         except OSError:
             pass

@@ -450,6 +450,8 @@ class FileSink:
         with open(os.path.join(directory, f"written-{os.getpid()}"), "a") as f:
             f.writelines(r.record_id + "\\n" for r in records)
         return len(records)
+    def stored(self, record_ids: Sequence[str]) -> set[str]:
+        return set()
     def close(self) -> None:
         pass
 

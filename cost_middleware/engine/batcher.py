@@ -76,22 +76,62 @@ class _Marker:
         self.done = threading.Event()
 
 
+class InDoubt:
+    """Ids of records whose write failed with its outcome unknown: a connection lost just as
+    the database committed leaves them stored, though the writer saw an error and spooled them.
+    Bounded (oldest forgotten first); a forgotten one found stored at replay counts as a
+    duplicate, so the totals then fall short of the ledger by it, never exceed it."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._ids: dict[str, None] = {}
+
+    def add(self, records: Sequence[CostRecord]) -> None:
+        ids = self._ids
+        ids.update(dict.fromkeys(r.record_id for r in records))
+        for _ in range(len(ids) - self.LIMIT):
+            del ids[next(iter(ids))]
+
+    def settle(self, record_ids: set[str]) -> set[str]:
+        """Forget ``record_ids``; return those that were in doubt."""
+        ids = self._ids
+        return {i for i in record_ids if ids.pop(i, 0) is None}
+
+
 class ReplaySink:
-    """The worker's sink as the spool sees it: prices records that were spooled unpriced."""
+    """The worker's sink as the spool sees it: prices records that were spooled unpriced, and
+    counts each stored record once (in ``records.replayed`` and through ``written``).
+
+    A spooled record the table already holds was stored by a write whose answer was lost (it
+    is in doubt): it counts as replayed now, since nothing counted it then. Otherwise it was
+    counted when first stored (a replay interrupted before it recorded its progress): it is a
+    duplicate.
+    """
 
     def __init__(self, sink: Sink, process: Callable[[list[CostRecord]], None],
-                 written: Callable[[list[CostRecord]], None]) -> None:
+                 written: Callable[[list[CostRecord]], None], in_doubt: InDoubt) -> None:
         self._sink = sink
         self._process = process
         self._written = written
+        self._in_doubt = in_doubt
 
     def write(self, records: Sequence[CostRecord]) -> int:
-        unpriced = [r for r in records if r.cost_usd is None]
+        held = self._sink.stored([r.record_id for r in records])
+        late = self._in_doubt.settle(held)
+        fresh = [r for r in records if r.record_id not in held]
+        unpriced = [r for r in fresh if r.cost_usd is None]
         if unpriced:
             self._process(unpriced)
-        inserted = self._sink.write(records)
-        self._written(list(records))
-        return inserted
+        try:
+            inserted = self._sink.write(fresh) if fresh else 0
+        except BaseException:
+            self._in_doubt.add(fresh)
+            raise
+        stored = fresh + [r for r in records if r.record_id in late]
+        if stored:
+            self._written(stored)
+        return inserted + len(late)
 
     def close(self) -> None:
         """The worker owns and closes the real sink."""
@@ -125,6 +165,7 @@ class Batcher:
         self._closed = False
         self._sink: Sink | None = None
         self._last_drop_log = float("-inf")
+        self._in_doubt = InDoubt()
         self._reset_runtime()
         forks.reset_in_child(self, Batcher._reset_runtime)
 
@@ -364,6 +405,7 @@ class Batcher:
             started = time.perf_counter()
             inserted = sink.write(batch)
         except Exception as error:
+            self._in_doubt.add(batch)
             self._failed(error)
             return False
         self._metrics.timing("batch.flush", (time.perf_counter() - started) * 1000.0)
@@ -385,8 +427,9 @@ class Batcher:
         limit = self._batch_size * REPLAY_BATCHES
         try:
             sink = self._sink if self._sink is not None else self._make_sink()
-            replayed = spool.replay(ReplaySink(sink, self._run_process, self._run_written),
-                                    max_records=limit)
+            replayed = spool.replay(
+                ReplaySink(sink, self._run_process, self._run_written, self._in_doubt),
+                max_records=limit)
         except Exception as error:
             self._failed(error)
             return

@@ -51,18 +51,19 @@ def make_engine(url: str) -> sa.Engine:
                     "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS}
         connect_args = {k: v for k, v in defaults.items() if k not in parsed.query}
         engine = sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True,
-                                  connect_args=connect_args)
+                                  connect_args=connect_args, pool_reset_on_return=None)
     elif backend == "sqlite":
         if parsed.get_driver_name() != "pysqlite":
             raise ConfigError(config.DATABASE_URL, safe, "SQLite needs the default driver: sqlite://")
         in_memory = parsed.database in (None, "", ":memory:")
         # An in-memory database exists once per connection: share one, or records vanish.
-        engine = sa.create_engine(parsed, hide_parameters=True,
+        engine = sa.create_engine(parsed, hide_parameters=True, pool_reset_on_return=None,
                                   connect_args={"check_same_thread": False},
                                   **({"poolclass": StaticPool} if in_memory else {}))
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         raise ConfigError(config.DATABASE_URL, safe, "only SQLite and PostgreSQL are supported")
+    event.listen(engine, "reset", _rollback_quietly)
     event.listen(engine, "connect", _remember_pid)
     event.listen(engine, "checkout", _refuse_inherited)
     return engine
@@ -76,6 +77,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
     finally:
         cursor.close()
+
+
+def _rollback_quietly(dbapi_connection: Any, record: Any, state: Any) -> None:
+    """The pool's rollback of a returned connection (reset on return is ours, not the
+    pool's): a connection the database or the network dropped cannot roll back, and the pool
+    would log that with two chained tracebacks into the app's log at every outage. Ours marks
+    it to be replaced at its next checkout; whoever used it already reported the failure."""
+    if state.transaction_was_reset or state.terminate_only or not state.asyncio_safe:
+        return  # rolled back already, or about to be closed
+    try:
+        dbapi_connection.rollback()
+    except Exception as error:
+        if record is not None:
+            record.invalidate(error, soft=True)
 
 
 def _remember_pid(_dbapi_connection: Any, record: Any) -> None:

@@ -56,6 +56,10 @@ class Sink(Protocol):
         """
         ...
 
+    def stored(self, record_ids: Sequence[str]) -> set[str]:
+        """Which of ``record_ids`` are stored already (a replay asks before it writes)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -94,6 +98,10 @@ class SQLSink:
         self._insert_head = f"INSERT INTO {table} ({names}) VALUES "
         self._insert_values = values
         self._insert_tail = f" ON CONFLICT ({quote('record_id')}) DO NOTHING"
+        record_id = quote("record_id")
+        self._select_stored = (f"SELECT {record_id} FROM {table} WHERE {record_id} = ANY(%s)"
+                               if self._copy else
+                               f"SELECT {record_id} FROM {table} WHERE {record_id} IN ")
         #: (rows, statement) by decreasing size, made at the first write (the connection
         #: tells the library's variable limit).
         self._inserts: tuple[tuple[int, str], ...] = ()
@@ -121,6 +129,28 @@ class SQLSink:
     def close(self) -> None:
         with self._lock:
             self._discard()
+
+    def stored(self, record_ids: Sequence[str]) -> set[str]:
+        if not record_ids:
+            return set()
+        ids = list(record_ids)
+        with self._lock:
+            conn = self._connection()
+            try:
+                if self._copy:
+                    with conn.cursor() as cursor:
+                        cursor.execute(self._select_stored, (ids,))
+                        return {row[0] for row in cursor.fetchall()}
+                found: set[str] = set()
+                step = _MAX_ROWS_PER_INSERT
+                for at in range(0, len(ids), step):
+                    part = ids[at:at + step]
+                    sql = self._select_stored + "(" + ", ".join("?" * len(part)) + ")"
+                    found.update(row[0] for row in conn.execute(sql, part))
+                return found
+            except BaseException:
+                self._discard()
+                raise
 
     def _rows(self, records: Sequence[CostRecord]) -> Iterator[tuple[Any, ...]]:
         times = self._times
@@ -247,6 +277,10 @@ class MemorySink:
                     self.records.append(record)
                     inserted += 1
         return inserted
+
+    def stored(self, record_ids: Sequence[str]) -> set[str]:
+        with self._lock:
+            return {i for i in record_ids if i in self._ids}
 
     def close(self) -> None:
         self.closed = True
