@@ -41,9 +41,10 @@ from cost_middleware.usage.model import Usage
 
 D = Decimal
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
-#: Models the bundled catalog does not know and both LiteLLM's map and genai-prices do.
-NEW_CLAUDE = ("anthropic", "claude-sonnet-5-5")
-NEW_GPT = ("openai", "gpt-6.1-sol")
+#: Models the bundled catalog does not know and both LiteLLM's map and genai-prices do (it has
+#: the current lineup; these are a retired Claude on Vertex and a restricted-access GPT).
+NEW_CLAUDE = ("vertex_anthropic", "claude-3-5-sonnet")
+NEW_GPT = ("openai", "gpt-6-rosalind")
 #: LiteLLM figures (USD per token) → our fields (USD per 1M tokens).
 LITELLM_FIELDS = {"input_cost_per_token": "input", "output_cost_per_token": "output",
                   "cache_read_input_token_cost": "cached_input",

@@ -116,6 +116,13 @@ MATCHES = [
     ("mistral", "mistral-small-2506", "mistral/mistral-small"),
     ("cohere", "command-a-03-2025", "cohere/command-a-03-2025"),
     ("cohere", "command-a", "cohere/command-a-03-2025"),
+    # The 2026 lineup
+    ("openai", "o3-pro-2025-06-10", "openai/o3-pro"),
+    ("openai", "gpt-5.4-2026-03-05", "openai/gpt-5.4"),
+    ("anthropic", "claude-opus-4-7-20260416", "anthropic/claude-opus-4-7"),
+    ("vertex_anthropic", "claude-opus-4-7@20260416", "anthropic/claude-opus-4-7"),
+    ("aws_bedrock", "us.anthropic.claude-opus-4-7-v1:0", "aws_bedrock/anthropic.claude-opus-4-7"),
+    ("mistral", "mistral-medium-latest", "mistral/mistral-medium"),
 ]
 
 
@@ -132,12 +139,12 @@ NO_MATCH = [
     ("openai", "gpt-4o-mini-audio-preview-2024-12-17"),  # must not become gpt-4o-mini
     ("openai", "gpt-4o-realtime-preview"),
     ("openai", "gpt-4o-audio-preview-2025-06-03"),  # audio rates are not modelled
-    ("openai", "o3-pro"),
+    ("openai", "o1-mini"),
     ("openai", "o3-mini-high"),
     ("openai", "ft:gpt-4o-mini-2024-07-18:acme::abc123"),
     ("openai", "gpt-5.6-sol"),
     ("openai", "gpt-4"),
-    ("anthropic", "claude-opus-4-7"),
+    ("anthropic", "claude-opus-4-9"),
     ("anthropic", "claude-sonnet-4-5-extended"),
     ("aws_bedrock", "meta.llama3-1-70b-instruct-v1:0"),
     ("aws_bedrock", "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc123"),
@@ -150,7 +157,7 @@ NO_MATCH = [
     ("ollama", "llama3.2:3b"),
     ("groq", "llama-3.3-70b-versatile"),
     ("azure_openai", "support-gpt4o-prod"),
-    ("mistral", "mistral-medium-latest"),
+    ("mistral", "magistral-medium-latest"),
     ("deepseek", "deepseek-coder"),
 ]
 
