@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -49,11 +49,16 @@ from cost_middleware.metrics import Metrics
 from cost_middleware.records import CostRecord
 from cost_middleware.usage.model import Usage
 
-if TYPE_CHECKING:
-    # Only for annotations: storage pulls in SQLAlchemy, which the request path never needs.
-    from cost_middleware.storage.sinks import Sink
-
 log = logging.getLogger("cost_middleware")
+
+
+class Writer(typing.Protocol):
+    """What a replay sends records to (a sink, or the worker's ReplaySink around one)."""
+
+    def write(self, records: Sequence[CostRecord]) -> int:
+        """Store ``records``; return how many count as stored now. Raises on failure."""
+        ...
+
 
 MAGIC = b"COST-MIDDLEWARE-SPOOL 1 "
 _OFFSET_WIDTH = 16
@@ -252,7 +257,7 @@ class Spool:
             self._metrics.incr("records.spooled", len(records))
         self._report_bytes()
 
-    def replay(self, sink: Sink, *, max_records: int | None = None) -> int:
+    def replay(self, sink: Writer, *, max_records: int | None = None) -> int:
         """Send spooled records to ``sink``, oldest file first; return how many were sent.
 
         Files another live process holds are skipped. Our own file is sealed and replayed
@@ -278,7 +283,7 @@ class Spool:
             self._report_bytes()
         return total
 
-    def _replay_files(self, sink: Sink, max_records: int | None) -> int:
+    def _replay_files(self, sink: Writer, max_records: int | None) -> int:
         total = 0
         for path in self._files():
             left = None if max_records is None else max_records - total
@@ -389,7 +394,7 @@ class Spool:
             return []
         return [self.directory / n for n in sorted(names) if _NAME.match(n)]
 
-    def _replay_file(self, path: Path, sink: Sink, limit: int | None) -> int:
+    def _replay_file(self, path: Path, sink: Writer, limit: int | None) -> int:
         """Replay one file if nobody holds it. A disk error skips the file (it is logged;
         the next replay tries again); only a sink failure propagates, as ``_SinkFailed``."""
         try:
@@ -422,7 +427,7 @@ class Spool:
             self._close_fd(fd)
 
     def _replay_lines(self, lines: Iterator[tuple[bytes, int]], decoder: _Decoder, fd: int,
-                      path: Path, sink: Sink, limit: int | None) -> int:
+                      path: Path, sink: Writer, limit: int | None) -> int:
         """Replay one locked file from its offset; remove it once every line is done."""
         chunk: list[CostRecord] = []
         replayed = corrupt = 0
@@ -456,7 +461,7 @@ class Spool:
             os.unlink(path)
         return replayed
 
-    def _send(self, sink: Sink, chunk: list[CostRecord], fd: int, end: int) -> int:
+    def _send(self, sink: Writer, chunk: list[CostRecord], fd: int, end: int) -> int:
         try:
             inserted = sink.write(chunk)
         except Exception as error:

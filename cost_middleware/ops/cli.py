@@ -754,7 +754,7 @@ def _held(status: SpoolStatus) -> str:
 
 
 def cmd_spool_replay(args: argparse.Namespace, settings: Settings, console: Console) -> int:
-    from cost_middleware.engine.batcher import ReplaySink
+    from cost_middleware.engine.batcher import InDoubt, ReplaySink
     from cost_middleware.engine.spool import Spool
     from cost_middleware.storage.sinks import SQLSink
 
@@ -765,7 +765,7 @@ def cmd_spool_replay(args: argparse.Namespace, settings: Settings, console: Cons
     sink = SQLSink(engine)
     try:
         count = Spool(settings.spool_dir).replay(
-            ReplaySink(sink, book.price_many, lambda records: None))
+            ReplaySink(sink, book.price_many, lambda records: None, InDoubt()))
     finally:
         sink.close()
         book.close()
