@@ -8,9 +8,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import sqlalchemy as sa
 
 from cost_middleware.pricing.admin import (
     delete_price,
@@ -270,7 +270,8 @@ _ops = st.lists(st.tuples(st.sampled_from(["set", "load", "replace", "delete"]),
                           st.sampled_from(["1", "2", "3"])), min_size=1, max_size=12)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=_ops)
 def test_versions_only_ever_grow(engine: sa.Engine, ops: list[tuple[str, str, str]]) -> None:
     with engine.begin() as conn:
