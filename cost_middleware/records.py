@@ -52,3 +52,6 @@ class CostRecord:
     created_at: datetime = field(default_factory=utcnow)
     cost_usd: Decimal | None = None
     price_version: int | None = None
+    #: The service tier the call was billed at, as :func:`~cost_middleware.usage.service_tier.
+    #: normalize` gives it (``flex``, ``priority``...); None = not reported (standard rates).
+    service_tier: str | None = None

@@ -27,6 +27,11 @@ SANE = D(1000)
 #: "rates as in A and B": the catalogs (and their entries) a row's rates were copied from.
 COPIED = re.compile(r"; rates as in (.+)$")
 ENTRY = re.compile(r"^(litellm|genai-prices) (\S+) .*?\(([^\s,;)]+?):?[\s,;)]")
+#: "service tiers and audio as in A and B": the entries a row's billed dimensions came from.
+DIMENSIONS = re.compile(r"; (?:service tiers|audio|service tiers and audio) as in (.+?)(?=; |$)")
+#: The rates of a row a service tier or audio rate is quoted beside (web search aside: some
+#: rows take it from elsewhere).
+STANDARD = ("input", "cached_input", "cache_write", "cache_write_1h", "output")
 
 
 def raw() -> dict[str, Any]:
@@ -119,9 +124,18 @@ def _versions(label: str) -> dict[tuple[str, str], list[Price]]:
     return found
 
 
+def _audio(price: Price) -> tuple[Decimal, Decimal]:
+    """The audio rates as billed: a missing one is the text rate."""
+    return (price.input if price.audio_input is None else price.audio_input,
+            price.output if price.audio_output is None else price.audio_output)
+
+
 def _same_rates(ours: Price, theirs: Price) -> bool:
-    return all(getattr(ours, n) == getattr(theirs, n) for n in RATE_FIELDS) and (
-        ours.tiers == theirs.tiers)
+    # LiteLLM states some audio rates equal to the text rate where genai-prices states none:
+    # the same bill.
+    plain = [n for n in RATE_FIELDS if n not in ("audio_input", "audio_output")]
+    return all(getattr(ours, n) == getattr(theirs, n) for n in plain) and (
+        _audio(ours) == _audio(theirs)) and ours.tiers == theirs.tiers
 
 
 def test_copied_rates_equal_the_named_catalog_entries_exactly() -> None:
@@ -146,6 +160,60 @@ def test_copied_rates_equal_the_named_catalog_entries_exactly() -> None:
                 price.label, price.effective_from, family, name)
             checked += 1
     assert checked > 120
+
+
+def test_service_tiers_and_audio_equal_the_named_catalog_entries_exactly() -> None:
+    """Each row's audio rates and each of its service tiers are stated, exactly, by an entry
+    its "service tiers … as in" names that has the row's standard rates (one of its dated
+    versions; genai-prices' from the row's own date), and no named entry says otherwise."""
+    catalogs = {family: (sources.load(family, at=AS_OF).label.split()[1], _versions(family))
+                for family in ("litellm", "genai-prices")}
+    checked = 0
+    for price in PRICES:
+        named = DIMENSIONS.search(price.source or "")
+        if named is None:
+            assert not price.service_tiers and price.audio_input is None, price.label
+            assert price.audio_output is None, price.label
+            continue
+        quoted: list[Price] = []
+        for part in re.split(r" and (?=litellm |genai-prices )", named[1]):
+            match = ENTRY.match(part)
+            assert match is not None, (price.label, part)
+            family, version, name = match.groups()
+            installed, entries = catalogs[family]
+            assert version == installed, (price.label, part)
+            same = [theirs for theirs in entries.get((price.provider, name), [])
+                    if all(getattr(theirs, n) == getattr(price, n) for n in STANDARD)
+                    and theirs.tiers == price.tiers
+                    and (family == "litellm" or theirs.effective_from == price.effective_from)]
+            assert len(same) == 1, (price.label, part)
+            quoted.append(same[0])
+        for rate, text in (("audio_input", price.input), ("audio_output", price.output)):
+            stated = {getattr(theirs, rate) for theirs in quoted} - {None}
+            ours_rate = getattr(price, rate)
+            if ours_rate is None:  # left out: only where a source's figure is the text rate
+                assert stated <= {text}, (price.label, rate)
+            else:
+                assert stated == {ours_rate}, (price.label, rate)
+        ours = {tier.name: tier for tier in price.service_tiers}
+        for name in ("flex", "priority", "batch"):
+            stated_tiers = [t for theirs in quoted for t in theirs.service_tiers if t.name == name]
+            assert all(t == ours.get(name) for t in stated_tiers), (price.label, name)
+            assert (name in ours) == bool(stated_tiers), (price.label, name)
+            checked += name in ours
+    assert checked > 120
+
+
+def test_service_tier_and_audio_rates_are_sane() -> None:
+    for price in PRICES:
+        for tier in price.service_tiers:
+            # Flex and batch are discounts, priority a surcharge, each on the standard input.
+            if tier.name == "priority":
+                assert tier.input > price.input, price.label
+            else:
+                assert tier.input < price.input, price.label
+            assert tier.cached_input is None or tier.cached_input <= tier.input, price.label
+        assert price.audio_input is None or price.audio_input >= price.input, price.label
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +285,23 @@ def test_dated_changes_apply_from_their_dates(book: PriceBook) -> None:
     assert output("gemini-3.8-flash", "google_gemini", AS_OF) == D("3.75")
     assert output("gemini-3.8-flash", "google_gemini",
                   datetime(2027, 1, 1, tzinfo=UTC)) == D("7.5")
+
+
+def test_flex_and_audio_usages_are_priced_at_their_own_rates(book: PriceBook) -> None:
+    # GPT-5.5 flex: $2.5 input, $0.25 cached, $15 output (standard: $5 / $0.5 / $30).
+    assert book.cost(USAGE, "gpt-5.5-2026-04-23", "openai", AS_OF, service_tier="flex") == (
+        D(6_000) * D("2.5") + D(4_000) * D("0.25") + D(2_000) * 15) / 1_000_000
+    # Above 272k input the flex call takes flex's own long-context tier: $5 / $22.5.
+    assert book.cost(LONG, "gpt-5.5", "openai", AS_OF, service_tier="flex") == (
+        D(300_000) * 5 + D(1_000) * D("22.5")) / 1_000_000
+    # Gemini 2.5 Flash: audio input $1 (text $0.3); audio output has no rate: text's $2.5.
+    audio = Usage(input_tokens=10_000, output_tokens=2_000, cached_input_tokens=4_000,
+                  input_audio_tokens=5_000, output_audio_tokens=1_000)
+    assert book.cost(audio, "gemini-2.5-flash", "google_gemini", AS_OF) == (
+        D(1_000) * D("0.3") + D(5_000) * 1 + D(4_000) * D("0.03") + D(2_000) * D("2.5")
+    ) / 1_000_000
+    # The same audio at batch: $0.5 audio, $0.15 text, $0.03 cached, $1.25 output.
+    assert book.cost(audio, "gemini-2.5-flash", "google_gemini", AS_OF,
+                     service_tier="batch") == (
+        D(1_000) * D("0.15") + D(5_000) * D("0.5") + D(4_000) * D("0.03")
+        + D(2_000) * D("1.25")) / 1_000_000

@@ -1,4 +1,5 @@
-"""``model_prices`` rows ↔ :class:`Price` (aliases and tiers are JSON text in the row)."""
+"""``model_prices`` rows ↔ :class:`Price` (aliases, tiers and service tiers are JSON text in the
+row)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from cost_middleware.pricing.price import Price, PriceError, Tier
+from cost_middleware.pricing.price import (
+    Price,
+    PriceError,
+    Tier,
+    service_tiers_from_catalog,
+    service_tiers_to_catalog,
+)
 from cost_middleware.utc import as_utc
 
 
@@ -19,6 +26,17 @@ def json_list(text: str | None, entry: str, name: str) -> list[Any]:
         raise PriceError(entry, name, "is not valid JSON in model_prices") from None
     if not isinstance(value, list):
         raise PriceError(entry, name, "must be a JSON list in model_prices")
+    return value
+
+
+def _json_object(text: str | None, entry: str, name: str) -> dict[str, Any]:
+    """A JSON object column (``service_tiers``)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        raise PriceError(entry, name, "is not valid JSON in model_prices") from None
+    if not isinstance(value, dict):
+        raise PriceError(entry, name, "must be a JSON object in model_prices")
     return value
 
 
@@ -34,8 +52,12 @@ def price_from_row(row: Mapping[Any, Any]) -> Price:
         cache_write=row["cache_write"],
         cache_write_1h=row["cache_write_1h"],
         web_search_per_1k=row["web_search_per_1k"],
+        audio_input=row["audio_input"],
+        audio_output=row["audio_output"],
         aliases=tuple(str(a) for a in aliases),
         tiers=tuple(Tier.from_catalog(t, entry) for t in json_list(row["tiers"], entry, "tiers")),
+        service_tiers=service_tiers_from_catalog(
+            _json_object(row["service_tiers"], entry, "service_tiers"), entry),
         effective_from=as_utc(row["effective_from"]),
         version=int(row["version"]),
         source=row["source"],
@@ -53,8 +75,11 @@ def price_to_row(price: Price, updated_at: datetime) -> dict[str, Any]:
         "cache_write_1h": price.cache_write_1h,
         "output": price.output,
         "web_search_per_1k": price.web_search_per_1k,
+        "audio_input": price.audio_input,
+        "audio_output": price.audio_output,
         "aliases": json.dumps(list(price.aliases)),
         "tiers": json.dumps([t.to_catalog() for t in price.tiers]),
+        "service_tiers": json.dumps(service_tiers_to_catalog(price.service_tiers)),
         "source": price.source,
         "version": price.version,
         "updated_at": updated_at,

@@ -44,7 +44,8 @@ _ROW_ORDER = (
     "provider", "model", "api", "streamed", "partial", "input_tokens", "cached_input_tokens",
     "cache_write_input_tokens", "cache_write_5m_input_tokens", "cache_write_1h_input_tokens",
     "output_tokens", "reasoning_tokens", "web_search_requests", "cost_usd", "reported_cost_usd",
-    "price_version", "latency_ms", "cost_usd_pico", "reported_cost_usd_pico",
+    "price_version", "latency_ms", "cost_usd_pico", "reported_cost_usd_pico", "service_tier",
+    "audio_input_tokens", "audio_output_tokens",
 )
 #: (index, length, required) of each text column.
 _TEXT = tuple(
@@ -67,6 +68,7 @@ _TOKEN_COLUMNS = ("input_tokens", "cached_input_tokens", "cache_write_input_toke
                   "cache_write_5m_input_tokens", "cache_write_1h_input_tokens", "output_tokens",
                   "reasoning_tokens", "web_search_requests")
 _NO_TOKENS = (None,) * len(_TOKEN_COLUMNS)
+_NO_AUDIO = (None, None)
 _usage_tokens = attrgetter(*_TOKEN_COLUMNS)  # the Usage fields are named like the columns
 
 # The same limits by column, as the fast path reads them.
@@ -74,10 +76,12 @@ _MAX_LEN = {_COLUMNS[i]: length for i, length, _required in _TEXT}
 _RECORD_ID_LEN, _REQUEST_ID_LEN = _MAX_LEN["record_id"], _MAX_LEN["request_id"]
 _TENANT_LEN, _METHOD_LEN, _ROUTE_LEN = _MAX_LEN["tenant"], _MAX_LEN["method"], _MAX_LEN["route"]
 _PROVIDER_LEN, _MODEL_LEN, _API_LEN = _MAX_LEN["provider"], _MAX_LEN["model"], _MAX_LEN["api"]
+_TIER_LEN = _MAX_LEN["service_tier"]
 _MAX_INT = {_COLUMNS[i]: largest for i, largest in _INTEGERS}
 #: Every token count fits in the smallest of their ranges (each a power of two minus one,
 #: so the OR of non-negative counts fits exactly when each count does).
-_TOKENS_MAX = min(_MAX_INT[name] for name in _TOKEN_COLUMNS)
+_TOKENS_MAX = min(_MAX_INT[name] for name in (*_TOKEN_COLUMNS, "audio_input_tokens",
+                                                "audio_output_tokens"))
 _STATUS_MAX, _VERSION_MAX = _MAX_INT["status_code"], _MAX_INT["price_version"]
 _STATUS_MIN, _VERSION_MIN = -_STATUS_MAX - 1, -_VERSION_MAX - 1
 (_, _, _COST), (_, _, _REPORTED) = _MONEY  # cost_usd, reported_cost_usd
@@ -96,9 +100,11 @@ def _row_values(record: CostRecord) -> list[Any]:
     usage = record.usage
     if usage is None:
         tokens: tuple[Any, ...] = _NO_TOKENS
+        audio: tuple[Any, ...] = _NO_AUDIO
         reported = None
     else:
         tokens = _usage_tokens(usage)
+        audio = (usage.input_audio_tokens, usage.output_audio_tokens)
         reported = usage.reported_cost_usd
     values = [
         record.record_id, _utc(record.created_at), record.request_id, record.tenant,
@@ -106,6 +112,7 @@ def _row_values(record: CostRecord) -> list[Any]:
         record.api, bool(record.streamed), bool(record.partial), *tokens,
         record.cost_usd, reported, record.price_version, record.latency_ms,
         None, None,  # the companions, filled below
+        record.service_tier, *audio,
     ]
     for i, length, required in _TEXT:
         v = values[i]
@@ -195,7 +202,7 @@ def _fast_row(record: CostRecord, times: _SQLiteTimes | None) -> tuple[Any, ...]
     """
     rid, request_id, tenant = record.record_id, record.request_id, record.tenant
     method, route, provider = record.method, record.route, record.provider
-    model, api = record.model, record.api
+    model, api, tier = record.model, record.api, record.service_tier
     if not (type(rid) is str and len(rid) <= _RECORD_ID_LEN
             and (request_id is None
                  or (type(request_id) is str and len(request_id) <= _REQUEST_ID_LEN))
@@ -204,22 +211,24 @@ def _fast_row(record: CostRecord, times: _SQLiteTimes | None) -> tuple[Any, ...]
             and (route is None or (type(route) is str and len(route) <= _ROUTE_LEN))
             and type(provider) is str and len(provider) <= _PROVIDER_LEN
             and (model is None or (type(model) is str and len(model) <= _MODEL_LEN))
-            and type(api) is str and len(api) <= _API_LEN):
+            and type(api) is str and len(api) <= _API_LEN
+            and (tier is None or (type(tier) is str and len(tier) <= _TIER_LEN))):
         return None
     # One scan of all the text for what a column cannot hold (None reads "None": harmless).
-    text = f"{rid}{request_id}{tenant}{method}{route}{provider}{model}{api}"
+    text = f"{rid}{request_id}{tenant}{method}{route}{provider}{model}{api}{tier}"
     if not text.isascii() or "\x00" in text:
         return None
 
     usage = record.usage
     if usage is None:
         inp = cached = writes = writes_5m = writes_1h = out = reasoning = searches = None
-        reported = None
+        audio_in = audio_out = reported = None
     else:
         inp, cached, out = usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
         writes = usage.cache_write_input_tokens
         writes_5m, writes_1h = usage.cache_write_5m_input_tokens, usage.cache_write_1h_input_tokens
         reasoning, searches = usage.reasoning_tokens, usage.web_search_requests
+        audio_in, audio_out = usage.input_audio_tokens, usage.output_audio_tokens
         reported = usage.reported_cost_usd
         # Token counts are never negative: one range check for all (a negative count,
         # which no provider reports, takes the full cleaning).
@@ -229,8 +238,11 @@ def _fast_row(record: CostRecord, times: _SQLiteTimes | None) -> tuple[Any, ...]
                 and (writes_1h is None or type(writes_1h) is int)
                 and (reasoning is None or type(reasoning) is int)
                 and (searches is None or type(searches) is int)
+                and (audio_in is None or type(audio_in) is int)
+                and (audio_out is None or type(audio_out) is int)
                 and 0 <= (inp | cached | writes | out | (writes_5m or 0) | (writes_1h or 0)
-                          | (reasoning or 0) | (searches or 0)) <= _TOKENS_MAX):
+                          | (reasoning or 0) | (searches or 0) | (audio_in or 0)
+                          | (audio_out or 0)) <= _TOKENS_MAX):
             return None
     status, version = record.status_code, record.price_version
     if not ((status is None
@@ -270,7 +282,7 @@ def _fast_row(record: CostRecord, times: _SQLiteTimes | None) -> tuple[Any, ...]
     return (rid, when, request_id, tenant, method, route, status, provider, model, api,
             streamed, partial, inp, cached, writes, writes_5m, writes_1h, out, reasoning,
             searches, stored_cost, stored_reported, version, latency, cost_units,
-            reported_units)
+            reported_units, tier, audio_in, audio_out)
 
 
 def _cleaned_row(record: CostRecord, times: _SQLiteTimes | None) -> tuple[Any, ...]:
@@ -333,7 +345,8 @@ REPRICE_COLUMNS = (
     _r.record_id, _r.created_at, _r.provider, _r.api, _r.model, _r.input_tokens,
     _r.cached_input_tokens, _r.cache_write_input_tokens, _r.cache_write_5m_input_tokens,
     _r.cache_write_1h_input_tokens, _r.output_tokens, _r.reasoning_tokens,
-    _r.web_search_requests, _r.cost_usd, _r.price_version,
+    _r.web_search_requests, _r.cost_usd, _r.price_version, _r.service_tier,
+    _r.audio_input_tokens, _r.audio_output_tokens,
 )
 
 
@@ -350,6 +363,9 @@ def record_from_row(row: Row[*tuple[Any, ...]]) -> CostRecord:
             cache_write_1h_input_tokens=row.cache_write_1h_input_tokens,
             reasoning_tokens=row.reasoning_tokens,
             web_search_requests=row.web_search_requests,
+            input_audio_tokens=row.audio_input_tokens,
+            output_audio_tokens=row.audio_output_tokens,
         )
     return CostRecord(provider=row.provider, api=row.api, model=row.model, usage=usage,
-                      record_id=row.record_id, created_at=_utc(row.created_at))
+                      record_id=row.record_id, created_at=_utc(row.created_at),
+                      service_tier=row.service_tier)
