@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     __version__: str
 
     from cost_middleware.asgi import CostMiddleware
+    from cost_middleware.budgets.model import BudgetExceeded
     from cost_middleware.config import ConfigError, Settings
     from cost_middleware.context import record_usage
     from cost_middleware.engine.tracker import CostTracker
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from cost_middleware.wsgi import WSGICostMiddleware
 
 _WHERE = {
+    "BudgetExceeded": "cost_middleware.budgets.model",
     "ConfigError": "cost_middleware.config",
     "CostMiddleware": "cost_middleware.asgi",
     "CostRecord": "cost_middleware.records",
@@ -36,6 +38,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "BudgetExceeded",
     "ConfigError",
     "CostMiddleware",
     "CostRecord",

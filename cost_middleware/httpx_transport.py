@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import cache
 from importlib import import_module
@@ -99,6 +100,10 @@ def _open(request: httpx2.Request, tracker: CostTracker | None,
         return None
     if context is None:
         context = RequestContext(owner, request.method, path, {}, perf_counter())
+    blocked = owner.budget_gate.check(context, target.provider)
+    if blocked is not None:
+        owner.metrics.incr("budget.blocked")
+        raise blocked.error(time.time())  # before the call is sent: nothing is spent
     capture = owner.guard.call("capture", Capture, context, target, path,
                                request.url.query.decode("latin-1"),
                                request.url.raw_path.decode("latin-1").split("?", 1)[0],

@@ -1,8 +1,8 @@
 import cost_middleware
 
 PUBLIC = {
-    "ConfigError", "CostMiddleware", "CostRecord", "CostTracker", "Price", "PriceBook",
-    "Settings", "Usage", "WSGICostMiddleware", "record_usage",
+    "BudgetExceeded", "ConfigError", "CostMiddleware", "CostRecord", "CostTracker", "Price",
+    "PriceBook", "Settings", "Usage", "WSGICostMiddleware", "record_usage",
 }
 
 
