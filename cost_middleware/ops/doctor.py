@@ -20,7 +20,8 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [check_database(settings), *check_redis(settings), check_statsd(settings)]
+    return [check_database(settings), *check_redis(settings), check_statsd(settings),
+            *check_refresh(settings)]
 
 
 def check_database(settings: Settings) -> Check:
@@ -65,6 +66,16 @@ def check_redis(settings: Settings) -> list[Check]:
     diagnosis = diagnose(settings.redis_url)
     return [Check("redis", diagnosis.ok, diagnosis.summary, warning=not diagnosis.ok and
                   diagnosis.reachable)]
+
+
+def check_refresh(settings: Settings) -> list[Check]:
+    """The price refresh, only when configured: its source and, through Redis, its last round."""
+    if settings.prices_refresh is None:
+        return []
+    from cost_middleware.pricing.refresh import describe_status
+
+    ok, detail = describe_status(settings)
+    return [Check("prices refresh", ok, detail, warning=not ok)]
 
 
 def check_statsd(settings: Settings) -> Check:
