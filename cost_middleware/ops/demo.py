@@ -142,11 +142,12 @@ async def run(count: int, settings: Settings, console: Console) -> dict[str, Any
     started = datetime.now(UTC)
     async with serving(wrapped):
         # Warm both paths (imports, caches) before measuring, keeping warm-up records out of
-        # the database so it holds exactly the requests the demo reports.
+        # the database and StatsD so both hold exactly the requests the demo reports.
         with tempfile.TemporaryDirectory() as spool:
             # Its own spool: it must never replay (into memory) what the real one holds.
             warm = CostMiddleware(provider, tracker=CostTracker(
-                settings.with_overrides(spool_dir=spool), sink=MemorySink()))
+                settings.with_overrides(spool_dir=spool, statsd_enabled=False),
+                sink=MemorySink()))
             async with serving(warm):
                 for request in requests[:50]:
                     await call(provider, request)
