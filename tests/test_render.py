@@ -15,7 +15,7 @@ from test_report import use_database
 
 from cost_middleware.ops.cli import main
 from cost_middleware.ops.render import BAR_WIDTH, bar_chart, money, print_report, report_table
-from cost_middleware.ops.report import ReportRow, summarize, to_csv, to_json
+from cost_middleware.ops.report import Report, ReportRow, build_report, to_csv, to_json
 from cost_middleware.storage.engine import make_engine
 
 ROWS = [
@@ -61,16 +61,18 @@ def test_report_table_rows_and_total() -> None:
     text = render(report_table(ROWS, "model", "Cost by model"))
     assert text.splitlines()[0].strip() == "Cost by model"
     [header] = lines_with(text, "requests")
-    assert cells(header) == ["model", "requests", "input tok", "output tok",
-                                              "cost", "unpriced"]
-    assert cells(lines_with(text, "alpha")[0]) == ["alpha", "11", "1,000,000", "0", "$1.0000",
-                                                   "1"]
+    assert cells(header) == ["model", "requests", "input tok", "cached tok", "output tok",
+                             "reasoning tok", "cost", "unpriced"]
+    assert cells(lines_with(text, "alpha")[0]) == ["alpha", "11", "1,000,000", "0", "0", "0",
+                                                   "$1.0000", "1"]
     # No unpriced requests: the cell stays empty rather than showing 0.
-    assert cells(lines_with(text, "beta")[0]) == ["beta", "4", "1,999", "31", "$0.000288", ""]
-    assert cells(lines_with(text, "mystery-1")[0]) == ["mystery-1", "1", "50", "50", "$0", "1"]
-    # The total adds the exact amounts, then rounds for display.
-    assert cells(lines_with(text, "total")[0]) == ["total", "16", "1,002,049", "81", "$1.0003",
-                                                   ""]
+    assert cells(lines_with(text, "beta")[0]) == ["beta", "4", "1,999", "0", "31", "0",
+                                                  "$0.000288", ""]
+    assert cells(lines_with(text, "mystery-1")[0]) == ["mystery-1", "1", "50", "0", "50", "0",
+                                                       "$0", "1"]
+    # The total adds the exact amounts, then rounds for display, and counts the unpriced.
+    assert cells(lines_with(text, "total")[0]) == ["total", "16", "1,002,049", "0", "81", "0",
+                                                   "$1.0003", "2"]
     rows_at = [text.index(k) for k in ("alpha", "beta", "mystery-1", "total")]
     assert rows_at == sorted(rows_at)
 
@@ -165,10 +167,10 @@ def test_print_report_without_rows() -> None:
 # -- the report command, as printed ----------------------------------------------------------------
 
 
-def summary(url: str, by: str) -> list[ReportRow]:
+def report_of(url: str, by: str) -> Report:
     engine = make_engine(url)
     try:
-        return summarize(engine, by)
+        return build_report(engine, by)
     finally:
         engine.dispose()
 
@@ -177,31 +179,34 @@ def test_cli_table(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--by", "tenant"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("Cost by tenant")
-    assert cells(lines_with(text, "acme")[0]) == ["acme", "11", "1,001,000", "10", "$1.0001",
-                                                  ""]
-    assert cells(lines_with(text, "globex")[0]) == ["globex", "4", "999", "21", "$0.000162",
-                                                    "1"]
-    assert cells(lines_with(text, "(none)")[0]) == ["(none)", "1", "50", "50", "$0", "1"]
-    assert cells(lines_with(text, "total")[0]) == ["total", "16", "1,002,049", "81", "$1.0003",
-                                                   ""]
+    assert cells(lines_with(text, "acme")[0]) == ["acme", "11", "1,001,000", "400", "10", "0",
+                                                  "$1.0001", ""]
+    assert cells(lines_with(text, "globex")[0]) == ["globex", "4", "999", "0", "21", "0",
+                                                    "$0.000162", "1"]
+    # Nothing of it priced: unknown, not $0.
+    assert cells(lines_with(text, "(none)")[0]) == ["(none)", "1", "50", "0", "50", "0",
+                                                    "unknown", "1"]
+    assert cells(lines_with(text, "total")[0]) == ["total", "16", "1,002,049", "400", "81",
+                                                   "0", "$1.0003", "2"]
     assert all(len(line) <= 160 for line in text.splitlines())
 
 
 def test_cli_csv_is_exactly_to_csv(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--by", "route", "--format", "csv"]) == 0
     text = capsys.readouterr().out
-    assert text == to_csv(summary(cli_env, "route"), "route")
+    assert text == to_csv(report_of(cli_env, "route"))
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["route"], r["requests"], Decimal(r["cost_usd"])) for r in rows] == [
-        ("/v1/chat/completions", "12", Decimal(1)), ("/v1/messages", "4", Decimal("0.00028845"))]
+        ("/v1/chat/completions", "12", Decimal(1)), ("/v1/messages", "4", Decimal("0.00028845")),
+        ("total", "16", Decimal("1.00028845"))]
     assert "│" not in text and "$" not in text  # no table, no display rounding
 
 
 def test_cli_json_is_exactly_to_json(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--format", "json"]) == 0
     text = capsys.readouterr().out
-    assert text == to_json(summary(cli_env, "model"), "model") + "\n"
-    assert [d["model"] for d in json.loads(text)] == ["alpha", "beta", "mystery-1"]
+    assert text == to_json(report_of(cli_env, "model")) + "\n"
+    assert [d["model"] for d in json.loads(text)["rows"]] == ["alpha", "beta", "mystery-1"]
 
 
 def test_cli_table_on_an_empty_ledger(sqlite_url: str, tmp_path: Path,
@@ -213,4 +218,4 @@ def test_cli_table_on_an_empty_ledger(sqlite_url: str, tmp_path: Path,
     assert main(["report"]) == 0
     assert capsys.readouterr().out == "No records yet.\n"
     assert main(["report", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    assert json.loads(capsys.readouterr().out)["rows"] == []

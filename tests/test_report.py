@@ -18,9 +18,18 @@ import sqlalchemy as sa
 from cost_middleware.config import Settings
 from cost_middleware.engine.tracker import CostTracker
 from cost_middleware.ops.cli import main
-from cost_middleware.ops.report import GROUPS, ReportRow, summarize, to_csv, to_json
+from cost_middleware.ops.report import (
+    GROUPS,
+    Report,
+    ReportRow,
+    build_report,
+    summarize,
+    to_csv,
+    to_json,
+)
 from cost_middleware.records import CostRecord
 from cost_middleware.storage.engine import ensure_schema, make_engine
+from cost_middleware.storage.rollups import Filters
 from cost_middleware.usage.model import Usage
 
 #: Our own prices (USD per 1M tokens), so every expected cost below is exact arithmetic.
@@ -102,7 +111,7 @@ def test_by_model(ledger: Ledger) -> None:
     assert by_key(rows) == {
         "alpha": (11, 1_000_000, 0, Decimal("1"), 1),
         "beta": (4, 1999, 31, Decimal("0.00028845"), 0),
-        "mystery-1": (1, 50, 50, Decimal(0), 1),
+        "mystery-1": (1, 50, 50, None, 1),  # unknown, not $0
     }
 
 
@@ -112,7 +121,7 @@ def test_by_tenant_a_missing_tenant_is_its_own_group(ledger: Ledger) -> None:
     assert by_key(rows) == {
         "acme": (11, 1_001_000, 10, Decimal("1.000126"), 0),
         "globex": (4, 999, 21, Decimal("0.00016245"), 1),
-        "(none)": (1, 50, 50, Decimal(0), 1),
+        "(none)": (1, 50, 50, None, 1),
     }
 
 
@@ -126,7 +135,7 @@ def test_by_route(ledger: Ledger) -> None:
 def test_by_provider(ledger: Ledger) -> None:
     assert by_key(summarize(ledger.engine, "provider")) == {
         "acme": (15, 1_001_999, 31, Decimal("1.00028845"), 1),
-        "other": (1, 50, 50, Decimal(0), 1),
+        "other": (1, 50, 50, None, 1),
     }
 
 
@@ -134,9 +143,9 @@ def test_by_provider(ledger: Ledger) -> None:
 def test_every_grouping_adds_up_to_the_same_exact_total(ledger: Ledger, by: str) -> None:
     rows = summarize(ledger.engine, by)
     assert sum(r.requests for r in rows) == 16
-    assert sum((r.cost_usd for r in rows), Decimal(0)) == Decimal("1.00028845")
+    assert sum((r.cost_usd or 0 for r in rows), Decimal(0)) == Decimal("1.00028845")
     assert sum(r.unpriced for r in rows) == 2
-    assert all(isinstance(r.cost_usd, Decimal) for r in rows)
+    assert all(isinstance(r.cost_usd, Decimal) or r.unpriced == r.requests for r in rows)
 
 
 def test_ties_are_ordered_by_requests_then_name(db_url: str, tmp_path: Path) -> None:
@@ -154,8 +163,8 @@ def test_ties_are_ordered_by_requests_then_name(db_url: str, tmp_path: Path) -> 
 
 
 def test_an_unknown_grouping_is_refused(ledger: Ledger) -> None:
-    with pytest.raises(ValueError, match="report --by must be one of model, tenant, route, "
-                                         "provider, not 'cost'"):
+    with pytest.raises(ValueError, match=r"report --by must be one of model, tenant, route, "
+                                         r"provider \(or day, hour\), not 'cost'"):
         summarize(ledger.engine, "cost")
 
 
@@ -164,9 +173,12 @@ def test_an_empty_ledger_reports_no_rows(db_url: str) -> None:
     try:
         ensure_schema(engine)
         assert summarize(engine, "model") == []
-        assert to_csv([], "model") == (
-            "model,requests,input_tokens,output_tokens,cost_usd,unpriced\n")
-        assert json.loads(to_json([], "model")) == []
+        assert to_csv(build_report(engine)) == (
+            "model,requests,input_tokens,cached_input_tokens,cache_write_input_tokens,"
+            "output_tokens,reasoning_tokens,cost_usd,unpriced,no_usage\n"
+            "total,0,0,0,0,0,0,0,0,0\n")
+        data = json.loads(to_json(build_report(engine)))
+        assert data["rows"] == [] and data["total"]["cost_usd"] == "0"
     finally:
         engine.dispose()
 
@@ -179,7 +191,7 @@ def test_since_leaves_out_older_records(ledger: Ledger) -> None:
     assert by_key(rows) == {
         "alpha": (11, 1_000_000, 0, Decimal("1"), 1),
         "beta": (1, 1000, 10, Decimal("0.000126"), 0),
-        "mystery-1": (1, 50, 50, Decimal(0), 1),
+        "mystery-1": (1, 50, 50, None, 1),
     }
 
 
@@ -224,38 +236,49 @@ def test_since_with_another_utc_offset_means_the_same_instant(db_url: str,
 # -- csv and json ------------------------------------------------------------------------------
 
 
-def test_csv_rows_are_exact(ledger: Ledger) -> None:
-    text = to_csv(summarize(ledger.engine, "tenant"), "tenant")
+def single(row: ReportRow, by: str) -> Report:
+    """A report of one row (and that row as its total), as the formatters take it."""
+    return Report((by,), None, None, Filters(), [row], row)
+
+
+def test_csv_rows_are_exact_with_a_total_row(ledger: Ledger) -> None:
+    text = to_csv(build_report(ledger.engine, "tenant"))
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert list(rows[0]) == ["tenant", "requests", "input_tokens", "output_tokens", "cost_usd",
-                             "unpriced"]
-    assert [(r["tenant"], r["requests"], r["input_tokens"], r["output_tokens"], r["unpriced"])
-            for r in rows] == [("acme", "11", "1001000", "10", "0"),
-                               ("globex", "4", "999", "21", "1"),
-                               ("(none)", "1", "50", "50", "1")]
-    assert [Decimal(r["cost_usd"]) for r in rows] == [
-        Decimal("1.000126"), Decimal("0.00016245"), Decimal(0)]
+    assert list(rows[0]) == ["tenant", "requests", "input_tokens", "cached_input_tokens",
+                             "cache_write_input_tokens", "output_tokens", "reasoning_tokens",
+                             "cost_usd", "unpriced", "no_usage"]
+    assert [(r["tenant"], r["requests"], r["input_tokens"], r["cached_input_tokens"],
+             r["output_tokens"], r["unpriced"], r["no_usage"]) for r in rows] == [
+        ("acme", "11", "1001000", "400", "10", "0", "0"),
+        ("globex", "4", "999", "0", "21", "1", "1"),
+        ("(none)", "1", "50", "0", "50", "1", "0"),
+        ("total", "16", "1002049", "400", "81", "2", "1")]
+    # An unknown cost is an empty cell, never 0.
+    assert [r["cost_usd"] for r in rows] == ["1.000126000000", "0.000162450000", "",
+                                             "1.000288450000"]
     assert "\r" not in text
 
 
-def test_json_rows_are_exact_decimal_strings(ledger: Ledger) -> None:
-    data = json.loads(to_json(summarize(ledger.engine, "model"), "model"))
-    assert [sorted(d) for d in data] == [sorted(["model", "requests", "input_tokens",
-                                                 "output_tokens", "cost_usd", "unpriced"])] * 3
-    assert [(d["model"], d["requests"], d["unpriced"]) for d in data] == [
+def test_json_rows_are_exact_decimal_strings_with_a_total(ledger: Ledger) -> None:
+    data = json.loads(to_json(build_report(ledger.engine, "model")))
+    assert data["by"] == ["model"] and data["since"] is None and data["until"] is None
+    assert [(d["model"], d["requests"], d["unpriced"]) for d in data["rows"]] == [
         ("alpha", 11, 1), ("beta", 4, 0), ("mystery-1", 1, 1)]
-    assert all(isinstance(d["cost_usd"], str) for d in data)
-    assert [Decimal(d["cost_usd"]) for d in data] == [
-        Decimal("1"), Decimal("0.00028845"), Decimal(0)]
+    assert [d["cost_usd"] for d in data["rows"]] == [
+        "1.000000000000", "0.000288450000", None]  # unknown: null, not "0"
+    assert data["total"] == {
+        "requests": 16, "input_tokens": 1_002_049, "cached_input_tokens": 400,
+        "cache_write_input_tokens": 0, "output_tokens": 81, "reasoning_tokens": 0,
+        "cost_usd": "1.000288450000", "unpriced": 2, "no_usage": 1}
 
 
 @pytest.mark.parametrize("hostile", ["=HYPERLINK(\"http://x\")", "+1", "-1+1", "@SUM(A1)"])
 def test_csv_never_starts_a_cell_with_a_formula(hostile: str) -> None:
-    row = ReportRow(hostile, 1, 0, 0, Decimal(0), 0)
-    [parsed] = list(csv.DictReader(io.StringIO(to_csv([row], "tenant"))))
+    row = ReportRow(hostile, 1, 0, 0, Decimal(0), 0, keys=(hostile,))
+    [parsed, _total] = list(csv.DictReader(io.StringIO(to_csv(single(row, "tenant")))))
     assert parsed["tenant"] == "'" + hostile
     # JSON is for programs: the value stays as it was.
-    assert json.loads(to_json([row], "tenant"))[0]["tenant"] == hostile
+    assert json.loads(to_json(single(row, "tenant")))["rows"][0]["tenant"] == hostile
 
 
 @pytest.mark.parametrize(("key", "written"), [
@@ -264,14 +287,15 @@ def test_csv_never_starts_a_cell_with_a_formula(hostile: str) -> None:
 def test_csv_writes_control_characters_escaped(key: str, written: str) -> None:
     """A bare CR would split the row in some readers, ESC reach a terminal: both escaped, as
     the table does; other text (non-ASCII tenants) stays as it is."""
-    row = ReportRow(key, 1, 0, 0, Decimal(0), 0)
-    [parsed] = list(csv.DictReader(io.StringIO(to_csv([row], "route"), newline="")))
+    row = ReportRow(key, 1, 0, 0, Decimal(0), 0, keys=(key,))
+    text = to_csv(single(row, "route"))
+    [parsed, _total] = list(csv.DictReader(io.StringIO(text, newline="")))
     assert parsed["route"] == written and parsed["requests"] == "1"
 
 
 def test_csv_quotes_commas_and_quotes() -> None:
-    row = ReportRow('a,"b"', 1, 0, 0, Decimal("0.5"), 0)
-    [parsed] = list(csv.DictReader(io.StringIO(to_csv([row], "route"))))
+    row = ReportRow('a,"b"', 1, 0, 0, Decimal("0.5"), 0, keys=('a,"b"',))
+    [parsed, _total] = list(csv.DictReader(io.StringIO(to_csv(single(row, "route")))))
     assert parsed["route"] == 'a,"b"' and parsed["cost_usd"] == "0.5"
 
 
@@ -296,9 +320,10 @@ def cli_env(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_cli_report_since_an_age(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--by", "tenant", "--since", "2d", "--format", "json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert {d["tenant"]: (d["requests"], Decimal(d["cost_usd"])) for d in data} == {
-        "acme": (11, Decimal("1.000126")), "globex": (1, Decimal(0)), "(none)": (1, Decimal(0))}
+    data = json.loads(capsys.readouterr().out)["rows"]
+    assert {d["tenant"]: (d["requests"], d["cost_usd"] and Decimal(d["cost_usd"]))
+            for d in data} == {
+        "acme": (11, Decimal("1.000126")), "globex": (1, None), "(none)": (1, None)}
 
 
 def test_cli_report_since_a_date(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -306,7 +331,7 @@ def test_cli_report_since_a_date(cli_env: str, capsys: pytest.CaptureFixture[str
     assert main(["report", "--by", "model", "--since", since, "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["model"], r["requests"]) for r in rows] == [
-        ("alpha", "11"), ("beta", "1"), ("mystery-1", "1")]
+        ("alpha", "11"), ("beta", "1"), ("mystery-1", "1"), ("total", "13")]
 
 
 def test_cli_report_refuses_a_bad_since(cli_env: str,
@@ -322,7 +347,74 @@ def test_cli_report_on_postgresql_releases_its_connection(
     write_ledger(pg_url, tmp_path, ledger_records())
     use_database(pg_url, tmp_path, monkeypatch)
     assert main(["report", "--by", "provider", "--format", "json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert {d["provider"]: Decimal(d["cost_usd"]) for d in data} == {
-        "acme": Decimal("1.00028845"), "other": Decimal(0)}
+    data = json.loads(capsys.readouterr().out)["rows"]
+    assert {d["provider"]: d["cost_usd"] and Decimal(d["cost_usd"]) for d in data} == {
+        "acme": Decimal("1.00028845"), "other": None}
     gc.collect()  # a connection still open is reported here, as a warning (an error here)
+
+
+# -- the flags of a report over rollups ---------------------------------------------------------
+
+
+def test_several_keys_keep_providers_apart(db_url: str, tmp_path: Path) -> None:
+    usage = Usage(input_tokens=1_000_000, output_tokens=0)
+    write_ledger(db_url, tmp_path, [
+        _record("alpha", usage, tenant="t", route="/r"),
+        _record("alpha", usage, tenant="t", route="/r", provider="other")])
+    engine = make_engine(db_url)
+    try:
+        rows = summarize(engine, "provider,model")
+        assert [(r.keys, r.cost_usd) for r in rows] == [
+            (("acme", "alpha"), Decimal(1)), (("other", "alpha"), None)]
+        assert [r.key for r in rows] == ["acme / alpha", "other / alpha"]
+    finally:
+        engine.dispose()
+
+
+def test_until_filters_limit_and_a_daily_series(ledger: Ledger) -> None:
+    report = build_report(ledger.engine, "day,model", until=NOW - timedelta(days=2))
+    assert [(r.keys, r.requests) for r in report.rows] == [
+        ((f"{OLD:%Y-%m-%d}", "beta"), 3)]
+    assert build_report(ledger.engine, "model", tenant="acme").total.requests == 11
+    assert build_report(ledger.engine, "tenant", model="beta", route="/v1/messages",
+                        provider="acme").total.requests == 4
+    limited = build_report(ledger.engine, "model", limit=1)
+    assert [r.key for r in limited.rows] == ["alpha"] and limited.omitted == 2
+    assert limited.total.requests == 16 and limited.total.unpriced == 2  # counts every group
+    hourly = build_report(ledger.engine, "hour", since=NOW - timedelta(days=2))
+    assert [r.requests for r in hourly.rows] == [13]
+    assert hourly.rows[0].keys[0].endswith(":00:00Z")
+
+
+def test_a_partial_hour_reads_the_records(ledger: Ledger) -> None:
+    """Whole hours come from the rollups, the cut ones at either end from the records: the
+    totals are the same wherever the period starts."""
+    for minutes in (0, 1, 59, 61, 119):
+        since = OLD - timedelta(minutes=minutes)
+        report = build_report(ledger.engine, "tenant", since, NOW + timedelta(seconds=1))
+        assert report.total.requests == 16 and report.total.cost_usd == Decimal("1.00028845")
+    assert build_report(ledger.engine, "model", RECENT, RECENT + timedelta(microseconds=1)
+                        ).total.requests == 13
+
+
+def test_cli_report_flags(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--by", "provider,model", "--tenant", "acme", "--limit", "1",
+                 "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["by"] == ["provider", "model"] and data["filters"] == {"tenant": "acme"}
+    assert [(d["provider"], d["model"]) for d in data["rows"]] == [("acme", "alpha")]
+    assert data["omitted"] == 1 and data["total"]["requests"] == 11
+    assert main(["report", "--by", "day", "--until", "1d"]) == 0
+    text = capsys.readouterr().out
+    assert f"{OLD:%Y-%m-%d}" in text and "reasoning tok" in text
+    assert main(["report", "--by", "model"]) == 0
+    table, chart = [line for line in capsys.readouterr().out.splitlines() if "mystery-1" in line]
+    assert "unknown" in table and "$0" not in table and "unknown" in chart
+
+
+def test_cli_report_refuses_bad_keys(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--by", "day,hour"]) == 2
+    assert "one of day and hour" in capsys.readouterr().err
+    assert main(["report", "--by", "model,model"]) == 2
+    with pytest.raises(SystemExit):
+        main(["report", "--limit", "0"])
