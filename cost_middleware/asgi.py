@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from time import perf_counter
 
 from cost_middleware._types import ASGIApp, Message, Receive, Scope, Send
+from cost_middleware.budgets.gate import Blocked
 from cost_middleware.capture import Capture
 from cost_middleware.config import ConfigError, Settings
 from cost_middleware.context import RequestContext, current_request
@@ -69,6 +71,8 @@ class CostMiddleware:
                 target = tracker.detector.match(scope["method"], scope["path"])
                 if target is None:
                     await self.app(scope, receive, send)
+                elif (blocked := tracker.budget_gate.check(context, target.provider)) is not None:
+                    await _refuse(send, blocked, tracker)
                 else:
                     await self._inspect(scope, receive, send, context, target)
             finally:
@@ -97,6 +101,7 @@ class CostMiddleware:
             receive = _tee_request(receive, capture)
         complete = False
         echo_header = self._echo_header
+        finish_first = self.settings.otel_enabled
 
         async def send_observed(message: Message) -> None:
             nonlocal complete
@@ -104,6 +109,14 @@ class CostMiddleware:
             # produced it. Body chunks are the common case: checked first.
             kind = message["type"]
             if kind == "http.response.body":
+                if finish_first and not message.get("more_body", False):
+                    # The OTel ASGI instrumentation ends its server span as the last body
+                    # message goes out: the record must reach the span before it does.
+                    capture.response_body(message.get("body", b""))
+                    complete = True
+                    capture.finish(True, _route(scope))
+                    await send(message)
+                    return
                 try:
                     await send(message)
                 finally:
@@ -173,6 +186,15 @@ async def _fail_startup(receive: Receive, send: Send, error: ConfigError) -> Non
     message = await receive()
     if message["type"] == "lifespan.startup":
         await send({"type": "lifespan.startup.failed", "message": _config_message(error)})
+
+
+async def _refuse(send: Send, blocked: Blocked, tracker: CostTracker) -> None:
+    """Answer a request a spent budget covers, before the app runs (counted, not recorded)."""
+    tracker.metrics.incr("budget.blocked")
+    now = time.time()
+    headers = [(k.encode(), v.encode()) for k, v in blocked.headers(now)]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": blocked.body()})
 
 
 def _tee_request(receive: Receive, capture: Capture) -> Receive:

@@ -18,6 +18,7 @@ from cost_middleware.records import CostRecord
 from cost_middleware.usage.base import Exchange, Reader, Target
 from cost_middleware.usage.detect import Declared
 from cost_middleware.usage.readers import BodyReader, ErrorResponse
+from cost_middleware.usage.service_tier import normalize as normalize_tier
 
 if TYPE_CHECKING:
     from cost_middleware.body.decompress import Decompressor
@@ -217,6 +218,7 @@ class Capture:
                 status_code=self.status,
                 streamed=extraction.streamed,
                 partial=extraction.partial or not complete,
+                service_tier=normalize_tier(extraction.service_tier),
                 latency_ms=(perf_counter() - context.started) * 1000.0,
             ))
         except Exception as exc:

@@ -30,6 +30,12 @@ PATHS = "COST_MIDDLEWARE_PATHS"
 ROUTE_PROVIDERS = "COST_MIDDLEWARE_ROUTE_PROVIDERS"
 MAX_BODY_BYTES = "COST_MIDDLEWARE_MAX_BODY_BYTES"
 SHUTDOWN_TIMEOUT = "COST_MIDDLEWARE_SHUTDOWN_TIMEOUT"
+PRICES_REFRESH = "COST_MIDDLEWARE_PRICES_REFRESH"
+PRICES_REFRESH_INTERVAL = "COST_MIDDLEWARE_PRICES_REFRESH_INTERVAL"
+OTEL = "COST_MIDDLEWARE_OTEL"
+OTEL_ATTRIBUTES = "COST_MIDDLEWARE_OTEL_ATTRIBUTES"
+DASHBOARD_TOKEN = "COST_MIDDLEWARE_DASHBOARD_TOKEN"
+BUDGETS_FAIL_CLOSED = "COST_MIDDLEWARE_BUDGETS_FAIL_CLOSED"
 #: Standard fallback, as pystatsd reads it.
 STANDARD_STATSD_HOST = "STATSD_HOST"
 
@@ -37,8 +43,12 @@ ALL_VARIABLES = (
     ENABLED, DATABASE_URL, REDIS_URL, PRICES_FILE, CACHE_TTL, CACHE_SIZE, BATCH_SIZE,
     FLUSH_INTERVAL, QUEUE_SIZE, SPOOL_DIR, STATSD, STATSD_HOST, STATSD_PORT, STATSD_PREFIX,
     TENANT_HEADER, REQUEST_ID_HEADER, ECHO_REQUEST_ID, PATHS, ROUTE_PROVIDERS, MAX_BODY_BYTES,
-    SHUTDOWN_TIMEOUT,
+    SHUTDOWN_TIMEOUT, OTEL, OTEL_ATTRIBUTES, PRICES_REFRESH, PRICES_REFRESH_INTERVAL,
+    DASHBOARD_TOKEN, BUDGETS_FAIL_CLOSED,
 )
+
+#: Refreshing prices more often only loads the source (and every process) for nothing.
+MIN_REFRESH_INTERVAL = 60.0
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -83,6 +93,19 @@ class Settings:
     #: Responses larger than this are not inspected (the skip is counted).
     max_body_bytes: int = 8 * 1024 * 1024
     shutdown_timeout: float = 5.0
+    #: GenAI semantic-convention metrics and span attributes (the ``otel`` extra).
+    otel_enabled: bool = False
+    #: Opt-in OpenTelemetry attributes of high cardinality: ``tenant``, ``route``.
+    otel_attributes: tuple[str, ...] = field(default_factory=tuple)
+    #: A price source (file path or http(s) URL) imported in the background; None: off.
+    prices_refresh: str | None = None
+    #: Seconds between two refreshes (each jittered by a tenth).
+    prices_refresh_interval: float = 3600.0
+    #: Opens the dashboard beyond loopback (``cost-middleware dashboard``); never shown.
+    dashboard_token: str | None = field(default=None, repr=False)
+    #: While Redis is unreachable, block every request a ``block`` budget covers (default:
+    #: keep counting in the process and block on what it knows).
+    budgets_fail_closed: bool = False
 
     def __post_init__(self) -> None:
         _check_positive(CACHE_TTL, self.cache_ttl)
@@ -106,6 +129,8 @@ class Settings:
             raise ConfigError(REDIS_URL, self.redis_url,
                               "must be a redis://, rediss:// or unix:// URL")
         _check_routes(self.route_providers, self.route_providers)
+        _check_otel_attributes(self.otel_attributes, self.otel_attributes)
+        _check_refresh(self)
         # Header names are matched against ASGI's lower-cased bytes.
         object.__setattr__(self, "tenant_header", self.tenant_header.lower())
         object.__setattr__(self, "request_id_header", self.request_id_header.lower())
@@ -132,7 +157,8 @@ class Settings:
                 if not v.strip():
                     raise ConfigError(name, v, "must not be empty")
                 values[attr] = v.strip()
-        for name, attr in ((REDIS_URL, "redis_url"), (PRICES_FILE, "prices_file")):
+        for name, attr in ((REDIS_URL, "redis_url"), (PRICES_FILE, "prices_file"),
+                           (DASHBOARD_TOKEN, "dashboard_token")):
             if (v := env.get(name)) is not None and v.strip():
                 values[attr] = v.strip()
         for name, attr in ((CACHE_TTL, "cache_ttl"), (FLUSH_INTERVAL, "flush_interval"),
@@ -148,7 +174,8 @@ class Settings:
             if not 0 < port < 65536:
                 raise ConfigError(STATSD_PORT, v, "must be a port number (1-65535)")
             values["statsd_port"] = port
-        for name, attr in ((STATSD, "statsd_enabled"), (ECHO_REQUEST_ID, "echo_request_id")):
+        for name, attr in ((STATSD, "statsd_enabled"), (ECHO_REQUEST_ID, "echo_request_id"),
+                           (OTEL, "otel_enabled"), (BUDGETS_FAIL_CLOSED, "budgets_fail_closed")):
             if (v := env.get(name)) is not None:
                 values[attr] = _bool(name, v)
         host = env.get(STATSD_HOST) or env.get(STANDARD_STATSD_HOST)
@@ -156,8 +183,16 @@ class Settings:
             values["statsd_host"] = host.strip()
         if (v := env.get(PATHS)) is not None:
             values["paths"] = _globs(PATHS, v)
+        if (v := env.get(PRICES_REFRESH)) is not None and v.strip():
+            values["prices_refresh"] = v.strip()
+        if (v := env.get(PRICES_REFRESH_INTERVAL)) is not None:
+            values["prices_refresh_interval"] = _check_interval(
+                v, _float(PRICES_REFRESH_INTERVAL, v))
         if (v := env.get(ROUTE_PROVIDERS)) is not None:
             values["route_providers"] = _check_routes(v, _routes(v))
+        if (v := env.get(OTEL_ATTRIBUTES)) is not None:
+            values["otel_attributes"] = _check_otel_attributes(
+                v, tuple(a.strip() for a in v.split(",") if a.strip()))
         if "statsd_prefix" in values:
             _check_prefix(values["statsd_prefix"])
         known = {f.name for f in fields(cls)}
@@ -271,6 +306,44 @@ def _check_routes(value: object, routes: tuple[tuple[str, str], ...]
         if (error := provider_error(provider)) is not None:
             raise ConfigError(ROUTE_PROVIDERS, value, error)
     return routes
+
+
+#: What ``COST_MIDDLEWARE_OTEL_ATTRIBUTES`` may list.
+OTEL_OPT_INS = ("tenant", "route")
+
+
+def _check_otel_attributes(value: object, names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if name not in OTEL_OPT_INS:
+            raise ConfigError(OTEL_ATTRIBUTES, value,
+                              f"{name!r} is not one of {', '.join(OTEL_OPT_INS)}")
+    return names
+
+
+def _check_interval(value: object, interval: float) -> float:
+    """``interval`` when not below the minimum; the error quotes ``value`` (the raw string)."""
+    if isinstance(interval, bool) or not interval >= MIN_REFRESH_INTERVAL:
+        raise ConfigError(PRICES_REFRESH_INTERVAL, value,
+                          f"must be at least {MIN_REFRESH_INTERVAL:g} seconds")
+    return interval
+
+
+def _check_refresh(settings: Settings) -> None:
+    """A source the refresh can read, an interval not below the minimum, and the database as
+    the price source (the refresh writes the table, which a prices file replaces)."""
+    _check_interval(settings.prices_refresh_interval, settings.prices_refresh_interval)
+    source = settings.prices_refresh
+    if source is None:
+        return
+    scheme, sep, rest = source.partition("://")
+    if not source.strip() or (sep and (scheme.lower() not in ("http", "https")
+                                       or not rest.split("/", 1)[0])):
+        raise ConfigError(PRICES_REFRESH, source,
+                          "must be a file path or an http:// or https:// URL with a host")
+    if settings.prices_file is not None:
+        raise ConfigError(PRICES_REFRESH, source,
+                          f"refreshes the database's prices, which {PRICES_FILE} replaces as "
+                          "the price source: set one of the two")
 
 
 def _check_prefix(prefix: str) -> None:

@@ -7,6 +7,7 @@ headers only when someone asks, so plain requests pay for one context-variable s
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,6 +16,7 @@ from cost_middleware.records import CostRecord, new_record_id
 from cost_middleware.usage.fields import InvalidUsage, check_usage
 from cost_middleware.usage.model import Usage
 from cost_middleware.usage.readers import INVALID_USAGE
+from cost_middleware.usage.service_tier import normalize as normalize_tier
 
 if TYPE_CHECKING:
     from cost_middleware.engine.tracker import CostTracker
@@ -138,6 +140,7 @@ def record_usage(
     streamed: bool = False,
     partial: bool = False,
     tracker: CostTracker | None = None,
+    service_tier: str | None = None,
 ) -> CostRecord | None:
     """Record usage that app code found itself (e.g. from an SDK call) for the current request.
 
@@ -146,7 +149,11 @@ def record_usage(
     A disabled tracker records nothing (None). Usage a provider could not have reported
     (negative or non-integer counts, subsets above their totals) is refused as the response
     readers refuse it: the record is kept without usage, so unpriced, and the skip counted
-    as ``skipped.invalid_usage``. Never raises for bad input.
+    as ``skipped.invalid_usage``. ``service_tier`` is the tier the provider billed the call
+    at (``flex``, ``priority``, ``batch``, or the provider's spelling of one). Never raises
+    for bad input. Raises :class:`~cost_middleware.BudgetExceeded` after recording when a
+    spent ``block`` budget covers the call (its tenant, route, provider or model), so the
+    app makes no further call for it.
     """
     context = current_request.get()
     owner = tracker if tracker is not None else (context.tracker if context else None)
@@ -175,11 +182,18 @@ def record_usage(
             route=context.path if context else None,
             streamed=streamed,
             partial=partial,
+            service_tier=normalize_tier(service_tier) if isinstance(service_tier, str) else None,
         )
     except Exception as exc:
         owner.guard.error("record_usage", exc)
         return None
     owner.record(record)
+    # The usage was spent, so it is recorded; a spent budget then stops the app's next calls.
+    blocked = owner.budget_gate.check(
+        context or RequestContext(owner, "", "", {}, 0.0), record.provider, record.model)
+    if blocked is not None:
+        owner.metrics.incr("budget.blocked")
+        raise blocked.error(time.time())
     return record
 
 

@@ -1,6 +1,7 @@
 """SQLAlchemy tables: ``cost_records`` (the ledger), ``model_prices`` (the price history),
-``model_price_deletions`` (rows removed from it), ``budgets`` (spend limits) and the schema
-revision the ledger is at.
+``model_price_deletions`` (rows removed from it), ``budgets`` (spend limits), ``cost_rollups``
+and ``cost_rollups_daily`` (hourly and daily totals of the ledger) and the schema revision
+the ledger is at.
 
 Exposed as :data:`metadata` (the head schema) for users who manage schema with their own
 migrations; ours are in :mod:`cost_middleware.storage.migrations`.
@@ -34,8 +35,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -201,6 +203,12 @@ cost_records = Table(
     Column("latency_ms", Float),
     # Companions last: a migrated PostgreSQL ledger gets them by ADD COLUMN, at the end.
     *_companions("cost_records", _cost, _reported),
+    # Revision 0005 (billed dimensions), after the companions where ADD COLUMN put them: the
+    # service tier the provider billed at (sanitized, null = standard or not said) and the
+    # audio share of input_tokens / output_tokens (null = none reported).
+    Column("service_tier", String(32)),
+    Column("audio_input_tokens", BigInteger),
+    Column("audio_output_tokens", BigInteger),
     # The one secondary index: reports filter by created_at and reprice pages through it in
     # created_at order (a BRIN index, cheaper by a hair here, cannot give that order). A
     # (tenant, created_at) index, measured again for revision 0002 (50 tenants, batches of
@@ -213,6 +221,8 @@ cost_records = Table(
 _RATES = [_money("input", RATE_SCALE, nullable=False), _money("cached_input", RATE_SCALE),
           _money("cache_write", RATE_SCALE), _money("cache_write_1h", RATE_SCALE),
           _money("output", RATE_SCALE, nullable=False), _money("web_search_per_1k", RATE_SCALE)]
+_audio_input = _money("audio_input", RATE_SCALE)
+_audio_output = _money("audio_output", RATE_SCALE)
 model_prices = Table(
     "model_prices",
     metadata,
@@ -228,6 +238,12 @@ model_prices = Table(
     Column("version", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     *_companions("model_prices", *_RATES),
+    # Revision 0005: audio rates (null = audio tokens cost the text rate) and service-tier
+    # rates (JSON text: tier name -> rates overriding the standard ones, decimals as strings).
+    _audio_input,
+    _audio_output,
+    Column("service_tiers", Text, nullable=False, default="{}"),
+    *_companions("model_prices", _audio_input, _audio_output),
     Index("ix_model_prices_version", "version"),
 )
 
@@ -270,6 +286,59 @@ budgets = Table(
     CheckConstraint("\"window\" IN ('hour', 'day', 'month', 'total')", name="ck_budgets_window"),
     CheckConstraint("mode IN ('block', 'observe')", name="ck_budgets_mode"),
 )
+
+#: The token counts ``cost_rollups`` sums, named as in ``cost_records`` (a null count adds 0).
+ROLLUP_TOKENS = ("input_tokens", "cached_input_tokens", "cache_write_input_tokens",
+                 "cache_write_5m_input_tokens", "cache_write_1h_input_tokens", "output_tokens",
+                 "reasoning_tokens", "web_search_requests", "audio_input_tokens",
+                 "audio_output_tokens")
+#: Bits of ``cost_rollups.nulls``: which key columns were null in the records summed (stored as
+#: ''). A primary key cannot hold null, and '' is a value a record may carry, so the key keeps
+#: both apart.
+ROLLUP_NULL_BITS = {"model": 1, "tenant": 2, "route": 4}
+
+#: Hourly and daily totals of ``cost_records`` per (provider, model, tenant, route), kept by
+#: the writer in the transaction that stores the records they sum (see
+#: :mod:`cost_middleware.storage.rollups`). ``cost_usd`` sums the priced records only (0 when
+#: none is); ``unpriced`` counts the others. Reads take whole days from the daily table (a
+#: month is 30 rows per key, not 720), the hours of a partial day from the hourly one.
+def _rollups(name: str, start: str) -> Table:
+    cost = _money("cost_usd", USD_SCALE, nullable=False)
+    return Table(
+        name,
+        metadata,
+        # The hour's (day's) start, UTC. First in the key: reports read a range of them.
+        Column(start, DateTime(timezone=True), nullable=False),
+        Column("provider", String(64), nullable=False),
+        Column("model", String(256), nullable=False),
+        Column("tenant", String(256), nullable=False),
+        Column("route", String(512), nullable=False),
+        Column("nulls", Integer, nullable=False),
+        Column("requests", BigInteger, nullable=False),
+        *(Column(name, BigInteger, nullable=False) for name in ROLLUP_TOKENS),
+        # Records whose cost is unknown, and records whose response carried no usage.
+        Column("unpriced", BigInteger, nullable=False),
+        Column("no_usage", BigInteger, nullable=False),
+        cost,
+        *_companions(name, cost),
+        PrimaryKeyConstraint(start, "provider", "model", "tenant", "route", "nulls",
+                             name=f"pk_{name}"),
+    )
+
+
+cost_rollups = _rollups("cost_rollups", "hour")
+cost_rollups_daily = _rollups("cost_rollups_daily", "day")
+
+
+def _roll_up_trigger(target: Table, connection: Connection, **_: Any) -> None:
+    """PostgreSQL: ``cost_records``' trigger that keeps the rollups (made with the table)."""
+    if connection.dialect.name == "postgresql":
+        from cost_middleware.storage.rollups import create_trigger  # it imports this module
+
+        create_trigger(connection)
+
+
+event.listen(cost_records, "after_create", _roll_up_trigger)
 
 #: Alembic's own layout of its version table, so either may create it.
 schema_version = Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any
@@ -51,6 +52,12 @@ class WSGICostMiddleware:
         target = tracker.detector.match(method, path)
         capture = None
         if target is not None:
+            blocked = tracker.budget_gate.check(context, target.provider)
+            if blocked is not None:
+                # Answered before the app runs: counted, not recorded as a provider call.
+                tracker.metrics.incr("budget.blocked")
+                start_response("429 Too Many Requests", blocked.headers(time.time()))
+                return [blocked.body()]
             raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
             capture = tracker.guard.call(
                 "capture", Capture, context, target, path, environ.get("QUERY_STRING", ""),

@@ -266,9 +266,11 @@ def catalog_cost(entry: dict[str, Any], usage: Any) -> Any:
     """The cost the bundled catalog gives a fixture's usage (None: model not in it)."""
     from cost_middleware.pricing.book import PriceBook
     from cost_middleware.pricing.sources import CatalogFilePriceSource
+    from cost_middleware.usage.service_tier import normalize
 
     book = PriceBook(CatalogFilePriceSource(str(ROOT / "cost_middleware" / "catalog.json")))
-    return book.cost(usage, entry["model"], entry["provider"])
+    return book.cost(usage, entry["model"], entry["provider"],
+                     service_tier=normalize(entry.get("service_tier")))
 
 
 @pytest.fixture

@@ -53,9 +53,15 @@ BAD = {
     config.ROUTE_PROVIDERS: "/v1/chat/completions",
     config.MAX_BODY_BYTES: "-5",
     config.SHUTDOWN_TIMEOUT: "inf",
+    config.PRICES_REFRESH: "ftp://prices.example.com/p.json",
+    config.PRICES_REFRESH_INTERVAL: "5",
+    config.OTEL: "maybe",
+    config.OTEL_ATTRIBUTES: "tenant,model",
+    config.BUDGETS_FAIL_CLOSED: "perhaps",
 }
-#: Any value is valid: a path or a host name is only checked when it is used.
-ALWAYS_VALID = {config.PRICES_FILE, config.STATSD_HOST}
+#: Any value is valid: a path, a host name or a token is only checked when it is used (the
+#: dashboard refuses a short token itself).
+ALWAYS_VALID = {config.PRICES_FILE, config.STATSD_HOST, config.DASHBOARD_TOKEN}
 VARIABLES = sorted(BAD)
 
 

@@ -262,8 +262,10 @@ def test_fail_closed_blocks_what_budgets_cover_while_redis_is_down(
     finally:
         load.stop()
         stop(proc)
+    try:
+        with engine.connect() as conn:
+            blocked = conn.execute(sa.text("select count(*) from cost_records")).scalar_one()
+    finally:
         engine.dispose()
-    with engine.connect() as conn:
-        blocked = conn.execute(sa.text("select count(*) from cost_records")).scalar_one()
     # The warm-up's 30 and every 200: the 429s are not recorded.
     assert blocked == 30 + sum(r.status == 200 for r in load.replies)

@@ -35,11 +35,11 @@ def test_report_formats_after_demo(env: Path, capsys: pytest.CaptureFixture[str]
     main(["demo", "--requests", "200"])
     capsys.readouterr()
     assert main(["report", "--by", "tenant", "--format", "csv"]) == 0
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    *rows, total = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert {r["tenant"] for r in rows} <= {"acme", "globex", "initech", "umbrella", "hooli"}
-    assert sum(int(r["requests"]) for r in rows) == 200
+    assert sum(int(r["requests"]) for r in rows) == 200 == int(total["requests"])
     assert main(["report", "--by", "provider", "--since", "1h", "--format", "json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["rows"]
     assert {d["provider"] for d in data} == {"openai", "anthropic", "google_gemini"}
     assert all(d["cost_usd"].replace(".", "").isdigit() for d in data)
     assert main(["report", "--by", "route"]) == 0

@@ -115,7 +115,7 @@ def test_report_says_what_since_left_out(folder: Path) -> None:
                              "ledger.\n")
     assert result.stderr == f"ledger: {url}\n"
     result = run(folder, "report", "--since", "30s", "--format", "json", env=env)
-    assert result.returncode == 0 and json.loads(result.stdout) == []
+    assert result.returncode == 0 and json.loads(result.stdout)["rows"] == []
 
 
 # -- the database cannot be reached ----------------------------------------------------------

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from faults import Proxy
+from test_durability import wait_for
 
 from cost_middleware.config import Settings
 from cost_middleware.engine.batcher import Batcher, InDoubt, ReplaySink
@@ -34,15 +35,6 @@ def record(i: int = 0) -> CostRecord:
     return CostRecord(provider="openai", api="chat", model="gpt-4o", tenant="acme",
                       usage=Usage(input_tokens=i + 1, output_tokens=1),
                       record_id=uuid.uuid4().hex)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture

@@ -229,4 +229,4 @@ def test_a_catalog_of_dated_rows_prices_every_spelling_in_the_ledger(tmp_path: P
     finally:
         engine.dispose()
     for _, model, cost in records:
-        assert by_model[model] == ((cost, 0) if cost is not None else (0, 1)), model
+        assert by_model[model] == ((cost, 0) if cost is not None else (None, 1)), model

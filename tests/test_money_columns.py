@@ -123,7 +123,7 @@ def test_the_money_columns_are_declared_as_numbers(ledger: sa.Engine) -> None:
                **{c["name"]: c for c in sa.inspect(ledger).get_columns("model_prices")}}
     money = [c.name for t in (cost_records, model_prices) for c in t.columns
              if isinstance(c.type, Dollars)]
-    assert len(money) == 8
+    assert len(money) == 10
     expected = sa.REAL if ledger.dialect.name == "sqlite" else sa.NUMERIC
     assert all(isinstance(columns[name]["type"], expected) for name in money)
 

@@ -149,7 +149,7 @@ def test_cli_prices_the_next_record_of_every_reported_provider(
     before = _reprice_each(tracker, change)
     assert main(["report", "--by", "provider", "--format", "json"]) == 0
     shown = {row["provider"]: Decimal(row["cost_usd"]) for row in json.loads(
-        capsys.readouterr().out)}
+        capsys.readouterr().out)["rows"]}
     for provider, first in before.items():
         assert shown[provider] == (first or 0) + 10, provider
     _assert_each_provider_repriced(db_url, before)

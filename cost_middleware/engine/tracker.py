@@ -16,6 +16,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+from cost_middleware.budgets.gate import Gate
 from cost_middleware.config import Settings
 from cost_middleware.engine.batcher import Batcher
 from cost_middleware.engine.spool import Spool
@@ -27,8 +28,11 @@ from cost_middleware.usage.detect import Detector
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from cost_middleware.budgets.runtime import BudgetRuntime
+    from cost_middleware.engine.otel import OtelRecorder
     from cost_middleware.pricing.book import PriceBook
     from cost_middleware.pricing.listener import PriceSync
+    from cost_middleware.pricing.refresh import PriceRefresher
     from cost_middleware.storage.sinks import Sink
 
 log = logging.getLogger("cost_middleware")
@@ -61,16 +65,29 @@ class CostTracker:
         self._owns_book = price_book is None
         self._engine: Engine | None = None
         self._sync: PriceSync | None = None
+        self._refresher: PriceRefresher | None = None
         self._setup_lock = threading.Lock()
         #: Fractions of a micro-dollar not yet sent, per provider.model (writer thread only).
         self._cost_carry: dict[tuple[str, str], Decimal] = {}
+        self._otel: OtelRecorder | None = None
+        if self.settings.otel_enabled and self.settings.enabled:
+            # Imported only when on: the extra may not even be installed otherwise.
+            from cost_middleware.engine.otel import OtelRecorder
+
+            self._otel = OtelRecorder(self.settings, self.metrics)
+        #: Budgets live in the ledger: a tracker given a sink of its own (a test's memory
+        #: sink) has none, and must not open a database for them.
+        self._budgets_on = sink is None and self.settings.enabled
+        #: Spent budgets, read on the request path; kept by the budget worker (``budgets``).
+        self.budget_gate = Gate()
+        self._budgets: BudgetRuntime | None = None
         self.batcher = Batcher(
             self._make_sink,
             self.settings,
             self.metrics,
             process=self.price_batch,
-            written=self._count_totals,
-            tick=self.metrics.flush,
+            written=self._after_write,
+            tick=self._tick,
             spool=Spool(self.settings.spool_dir, self.metrics),
         )
         if self.settings.redis_url:
@@ -84,6 +101,8 @@ class CostTracker:
 
     def record(self, record: CostRecord) -> None:
         """Queue a record for pricing and storage. Never blocks, never raises."""
+        if self._otel is not None:
+            self.guard.call("otel", self._otel.annotate, record)
         self.batcher.submit(record)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -104,6 +123,10 @@ class CostTracker:
         try:
             self.batcher.close(timeout)
         finally:
+            if self._refresher is not None:
+                self._refresher.stop()
+            if self._budgets is not None:
+                self._budgets.close()
             if self._sync is not None:
                 self._sync.stop()
             if self._book is not None and self._owns_book:
@@ -123,7 +146,24 @@ class CostTracker:
                 from cost_middleware.engine.ledger import open_ledger
 
                 self._engine = open_ledger(self.settings)
+                if self.settings.prices_refresh is not None and not self.closed:
+                    self._start_refresh(self._engine)
             return self._engine
+
+    def _start_refresh(self, engine: Engine) -> None:
+        """The price refresh, when configured: started with the worker (which creates the
+        engine), never at import or on the request path; imported only then."""
+        from cost_middleware.pricing.refresh import PriceRefresher
+
+        self._refresher = PriceRefresher(self.settings, engine, self.metrics,
+                                         invalidate=self._invalidate_price)
+        self._refresher.start()
+
+    def _invalidate_price(self, provider: str, model: str) -> None:
+        # A refresh this process applied reaches its own book at once, with or without Redis.
+        book = self._book
+        if book is not None:
+            book.invalidate(provider, model)
 
     @property
     def price_book(self) -> PriceBook:
@@ -148,6 +188,29 @@ class CostTracker:
 
     def price_batch(self, records: list[CostRecord]) -> None:
         self.price_book.price_many(records)
+
+    def _after_write(self, records: Sequence[CostRecord]) -> None:
+        """What the worker does with records that reached the ledger (each batch once)."""
+        self._count_totals(records)
+        if self._otel is not None:
+            self._otel.written(records)
+        if self._budgets_on:
+            self.budgets.count(records)
+
+    def _tick(self) -> None:
+        self.metrics.flush()
+        if self._budgets_on:
+            self.budgets.tick()
+
+    @property
+    def budgets(self) -> BudgetRuntime:
+        """The budget worker, made in the background thread (it loads SQLAlchemy and redis)."""
+        if self._budgets is None:
+            from cost_middleware.budgets.runtime import BudgetRuntime
+
+            self._budgets = BudgetRuntime(self.settings, self.metrics, lambda: self.engine,
+                                          self.budget_gate)
+        return self._budgets
 
     def _count_totals(self, records: Sequence[CostRecord]) -> None:
         """Cost (micro-dollars) and tokens per provider and model, summed per batch.

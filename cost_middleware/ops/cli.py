@@ -143,11 +143,21 @@ def _parser() -> argparse.ArgumentParser:
     _add_prices_import(psub)
     _add_prices_workflow(psub)
 
-    p = sub.add_parser("report", help="cost by model, tenant, route or provider")
-    p.add_argument("--by", default="model", choices=("model", "tenant", "route", "provider"),
-                   help="what to total the cost by (default: %(default)s)")
+    p = sub.add_parser("report", help="cost by model, tenant, route or provider, or over time")
+    p.add_argument("--by", default="model", metavar="KEYS",  # checked by the report
+                   help="what to total the cost by: one or more of model, tenant, route, "
+                        "provider, with day or hour for a time series, comma-separated, e.g. "
+                        "provider,model or day,tenant (default: model)")
     p.add_argument("--since", type=_since, metavar="WHEN",
                    help=f"only records from then on: {SINCE_FORMS} (default: every record)")
+    p.add_argument("--until", type=_since, metavar="WHEN",
+                   help="only records before then, in the same forms (default: no end)")
+    for name in ("tenant", "model", "provider", "route"):
+        p.add_argument(f"--{name}", metavar=name.upper(),
+                       help=f"only records of this {name} (exact match)")
+    p.add_argument("--limit", type=_positive, metavar="N",
+                   help="only the N most expensive groups (a time series alone: the latest N "
+                        "buckets); the total still counts every record")
     p.add_argument("--format", default="table", choices=("table", "csv", "json"),
                    help="table for people, csv or json for tools, on stdout "
                         "(default: %(default)s)")
@@ -175,6 +185,13 @@ def _parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("replay", help="write the waiting records into the database, pricing "
                         "them; files a running process holds are left to it")
     p.set_defaults(run=cmd_spool_replay)
+
+    from cost_middleware.ops.dashboard_commands import add_dashboard  # light: argparse only
+    add_dashboard(sub)
+    from cost_middleware.ops.rollup_commands import add_rollups  # light: argparse only
+    add_rollups(sub)
+    from cost_middleware.ops.budget_commands import add_parsers as add_budgets  # light
+    add_budgets(sub)
 
     sub.add_parser("bench", help="run the benchmarks (from a source checkout); "
                    "arguments go to benchmarks/run.py")
@@ -232,6 +249,12 @@ def _fraction(value: str) -> float:
     if not 0 <= result <= 1:
         raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1: {value!r}")
     return result
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1: {value!r}")
+    return int(value)
 
 
 #: What ``--since`` accepts, as its help and its error say.
@@ -635,20 +658,22 @@ def _finding_json(finding: Finding) -> dict[str, object]:
 
 def cmd_report(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     from cost_middleware.ops.render import print_report
-    from cost_middleware.ops.report import summarize, to_csv, to_json
+    from cost_middleware.ops.report import build_report, to_csv, to_json
 
     engine = _reader(settings)
-    rows = summarize(engine, args.by, args.since)
+    report = build_report(engine, args.by, args.since, args.until, tenant=args.tenant,
+                          model=args.model, provider=args.provider, route=args.route,
+                          limit=args.limit)
     if args.format == "csv":
-        sys.stdout.write(to_csv(rows, args.by))
+        sys.stdout.write(to_csv(report))
     elif args.format == "json":
-        sys.stdout.write(to_json(rows, args.by) + "\n")
-    elif not rows and args.since is not None and (
-            total := sum(row.requests for row in summarize(engine, args.by))):
+        sys.stdout.write(to_json(report) + "\n")
+    elif not report.rows and args.since is not None and (
+            total := build_report(engine, args.by).total.requests):
         console.print(f"No records since {args.since:%Y-%m-%d %H:%M:%S} UTC; {total:,} "
                       "records in the ledger.")
     else:
-        print_report(console, rows, args.by, f"Cost by {args.by}")
+        print_report(console, report, report.by, f"Cost by {', '.join(report.by)}")
     return 0
 
 

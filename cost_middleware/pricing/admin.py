@@ -35,6 +35,7 @@ from cost_middleware.pricing.price import (
 )
 from cost_middleware.pricing.rows import price_from_row, price_to_row
 from cost_middleware.schema import USD_SCALE, cost_records, model_price_deletions, model_prices
+from cost_middleware.storage import rollups
 from cost_middleware.storage.rows import REPRICE_COLUMNS, record_from_row
 from cost_middleware.utc import as_utc
 
@@ -108,7 +109,7 @@ def export_catalog(engine: Engine) -> dict[str, Any]:
 
 
 #: The fields ``prices set`` copies from the row in effect when they are not given.
-_INHERITED = (*RATE_FIELDS, "aliases", "tiers")
+_INHERITED = (*RATE_FIELDS, "aliases", "tiers", "service_tiers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +305,12 @@ def reprice(
                     or rec.price_version != row.price_version)
             ]
             if changes:
+                # The hourly rollups follow in this transaction: out with the old costs,
+                # in with the new.
+                ids = [str(change["b_id"]) for change in changes]
+                rollups.change_records(conn, ids, -1)
                 conn.execute(stmt, changes)
+                rollups.change_records(conn, ids, 1)
             updated += len(changes)
         after = (rows[-1].created_at, rows[-1].record_id)
 

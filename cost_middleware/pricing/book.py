@@ -41,6 +41,8 @@ from cost_middleware.pricing.price import Price, in_effect
 from cost_middleware.pricing.sources import CatalogFilePriceSource, Key, PriceSource
 from cost_middleware.records import CostRecord
 from cost_middleware.usage.model import Usage
+from cost_middleware.usage.service_tier import KNOWN as KNOWN_TIERS
+from cost_middleware.usage.service_tier import first_unknown
 from cost_middleware.utc import as_utc, utcnow
 
 if TYPE_CHECKING:
@@ -166,10 +168,12 @@ class PriceBook:
 
     def cost(
         self, usage: Usage, model: str, provider: str, at: datetime | None = None,
+        service_tier: str | None = None,
     ) -> Decimal | None:
-        """Exact USD cost of ``usage``, or None when the model has no price."""
+        """Exact USD cost of ``usage`` (billed at ``service_tier``), or None when the model
+        has no price."""
         price = self.lookup(provider, model, at)
-        return None if price is None else price.cost(usage)
+        return None if price is None else price.cost(usage, service_tier)
 
     def price_many(self, records: Sequence[CostRecord]) -> None:
         """Fill ``cost_usd`` and ``price_version`` of each record, at its ``created_at``.
@@ -177,12 +181,13 @@ class PriceBook:
         A record without usage, or whose model has no price (then counted as
         ``price.unknown_model``), gets ``cost_usd = None``; so does one whose usage holds
         non-integer, negative or inconsistent counts (usage no reader would have passed,
-        handed to ``CostTracker.record``; counted as ``price.bad_usage``). Never raises for
-        a record's content.
+        handed to ``CostTracker.record``; counted as ``price.bad_usage``). A service tier we
+        do not know is priced at standard rates, counted as ``price.unknown_service_tier`` and
+        logged the first time. Never raises for a record's content.
         """
         start = time.perf_counter()
         memo: dict[Key, _Entry | None] = {}
-        lookups = misses = unknown = bad = 0
+        lookups = misses = unknown = bad = odd_tiers = 0
         for record in records:
             record.cost_usd = None
             record.price_version = None
@@ -222,7 +227,15 @@ class PriceBook:
                 writes = usage.cache_write_input_tokens
                 if (tokens | cached | writes | usage.output_tokens) < 0 or cached + writes > tokens:
                     raise ValueError("impossible usage")
-                record.cost_usd = price.cost(usage)
+                tier = record.service_tier
+                if tier is not None and tier not in KNOWN_TIERS:
+                    odd_tiers += 1
+                    name = loggable(str(tier))
+                    if first_unknown(name):
+                        log.warning("cost_middleware: unknown service tier %r (first seen on "
+                                    "%s/%s): priced at standard rates", name,
+                                    loggable(record.provider), loggable(model))
+                record.cost_usd = price.cost(usage, tier)
             except (TypeError, ValueError, ArithmeticError):
                 bad += 1
                 continue
@@ -237,6 +250,8 @@ class PriceBook:
                 metrics.incr("price.unknown_model", unknown)
             if bad:
                 metrics.incr("price.bad_usage", bad)
+            if odd_tiers:
+                metrics.incr("price.unknown_service_tier", odd_tiers)
             metrics.timing("price.duration", (time.perf_counter() - start) * 1000.0)
 
     # -- invalidation (called from the sync thread too) --------------------------------------

@@ -21,11 +21,15 @@ DOLLARS = "0002_dollars"
 PRICE_DELETIONS = "0003_price_deletions"
 #: ``budgets``: spend limits.
 BUDGETS = "0004_budgets"
+#: Billed dimensions: service tiers and audio tokens on records, audio and tier rates on prices.
+BILLING = "0005_billing"
+#: ``cost_rollups``: hourly totals of the records.
+ROLLUPS = "0006_rollups"
 #: The revision this code writes (a test checks it is the migration scripts' head).
-HEAD = BUDGETS
+HEAD = ROLLUPS
 
 #: Every revision this version can upgrade from.
-KNOWN = (V0_1, DOLLARS, PRICE_DELETIONS, BUDGETS)
+KNOWN = (V0_1, DOLLARS, PRICE_DELETIONS, BUDGETS, BILLING, ROLLUPS)
 
 
 class LedgerVersionError(ValueError):
@@ -46,6 +50,11 @@ def current(conn: Connection) -> str | None:
     if found is not None:
         return found
     inspector = sa.inspect(conn)
+    if inspector.has_table("cost_rollups"):
+        return ROLLUPS
+    if inspector.has_table(cost_records.name) and "service_tier" in {
+            c["name"] for c in inspector.get_columns(cost_records.name)}:
+        return BILLING
     if inspector.has_table("budgets"):
         return BUDGETS
     if inspector.has_table("model_price_deletions"):

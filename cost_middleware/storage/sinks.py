@@ -7,7 +7,10 @@ in one transaction per batch. PostgreSQL gets a binary ``COPY`` (several times f
 an executemany there): straight into the table, or, when a batch holds records already
 stored, into a temporary staging table followed by ``INSERT ... SELECT ... ON CONFLICT DO
 NOTHING``. Either way a record already stored is ignored, which is what makes retries and
-spool replays safe, and a batch is committed before ``write`` returns.
+spool replays safe, and a batch is committed before ``write`` returns. The batch's hourly
+and daily rollups are added in the same transaction, from the rows actually inserted: by
+one more statement on SQLite, by the table's trigger on PostgreSQL (see
+:mod:`cost_middleware.storage.rollups`).
 
 Each new writer connection first checks that the ledger is at the schema revision this code
 writes; a ledger behind it (not yet migrated) fails the write with a
@@ -31,6 +34,7 @@ from cost_middleware import config, forks
 from cost_middleware.config import ConfigError
 from cost_middleware.records import CostRecord
 from cost_middleware.schema import cost_records
+from cost_middleware.storage import rollups
 from cost_middleware.storage.engine import PG_STATEMENT_TIMEOUT_MS
 from cost_middleware.storage.revision import require_head
 from cost_middleware.storage.rows import _COLUMNS, _cleaned_row, _fast_row, _SQLiteTimes
@@ -68,10 +72,11 @@ class SQLSink:
 
     PostgreSQL: the connection is in autocommit mode, so a binary COPY straight into the
     table is one statement, one round trip and its own transaction, committed (or, on a
-    duplicate, rolled back) before it returns. When the batch holds a record already stored
-    (a retry or a replay), the batch goes through a temporary staging table and
-    ``INSERT ... ON CONFLICT DO NOTHING`` in one transaction, which stays the path while
-    batches keep carrying duplicates.
+    duplicate, rolled back) before it returns; the table's trigger adds the rows to the
+    rollups within it. When the batch holds a record already stored (a retry or a replay),
+    the batch goes through a temporary staging table and ``INSERT ... ON CONFLICT DO
+    NOTHING`` in one transaction, which stays the path while batches keep carrying
+    duplicates.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
@@ -90,8 +95,13 @@ class SQLSink:
         self._stage_create = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
                               f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
         self._copy_staged = f"COPY {_STAGE} ({names}) FROM STDIN (FORMAT BINARY)"
+        # PostgreSQL: the rollups are added by the table's trigger (rollups.create_trigger).
         self._insert_staged = (f"INSERT INTO {table} ({names}) SELECT {names} FROM {_STAGE} "
                                f"ON CONFLICT ({quote('record_id')}) DO NOTHING")
+        if not self._copy:
+            self._rowid_before = str(sa.select(sa.func.max(sa.literal_column("rowid")))
+                                     .select_from(cost_records).compile(dialect=dialect))
+            self._roll_up_after = rollups.sqlite_added_since(dialect)
         # SQLite: multi-row INSERTs of power-of-two sizes, so any batch is a few statements
         # (500 rows: 256 + 128 + 64 + 32 + 16 + 4) that SQLite's statement cache keeps.
         values = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
@@ -193,6 +203,10 @@ class SQLSink:
         flat = chain.from_iterable
         cursor = conn.cursor()
         try:
+            # The write lock first: the rows above the largest rowid are then this batch's
+            # alone, and they are what the rollups add.
+            cursor.execute("BEGIN IMMEDIATE")
+            before = cursor.execute(self._rowid_before).fetchone()[0] or 0
             for size, sql in self._inserts:
                 end = done + (len(rows) - done) // size * size
                 if end == done:
@@ -201,6 +215,9 @@ class SQLSink:
                                          for i in range(done, end, size)))
                 inserted += cursor.rowcount
                 done = end
+            if inserted:
+                for sql in self._roll_up_after:
+                    cursor.execute(sql, (before,))
         finally:
             cursor.close()
         conn.commit()

@@ -6,6 +6,8 @@ A new table only. Its one money column, the limit, has an exact companion like e
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,7 +18,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    limit = (sa.Numeric(30, 12) if op.get_bind().dialect.name != "sqlite" else sa.REAL())
+    limit: sa.types.TypeEngine[Any] = (sa.Numeric(30, 12)
+                                       if op.get_bind().dialect.name != "sqlite" else sa.REAL())
     op.create_table(
         "budgets",
         sa.Column("scope", sa.String(16), primary_key=True),
