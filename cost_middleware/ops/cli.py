@@ -100,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="provider calls to send through the middleware (default %(default)s)")
     p.set_defaults(run=cmd_demo)
 
-    prices = sub.add_parser("prices", help="list, show, set, load or export model prices")
+    prices = sub.add_parser("prices", help="model prices: list, show, set, import, resolve, "
+                                           "check, delete, load, export")
     psub = prices.add_subparsers(required=True, metavar="action")
     p = psub.add_parser("list", help="current price of every model")
     p.add_argument("--provider", help="only this provider's models (default: every provider)")
