@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
-from bench_storage import make_records
+from bench_storage import make_records, timed_writes
 from common import NO_POSTGRES, Result, interleave, postgres_database, standalone
 
 from cost_middleware.ops.report import build_report
@@ -150,15 +150,7 @@ def write_rate(engine: sa.Engine, sink_type: type[SQLSink], records: Sequence[Co
     if sink_type is WithoutRollups and engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TRIGGER {rollups.TRIGGER} ON cost_records"))
-    sink = sink_type(engine)
-    try:
-        sink.write(records[:batch])
-        started = time.perf_counter()
-        for i in range(batch, len(records), batch):
-            sink.write(records[i:i + batch])
-        return (len(records) - batch) / (time.perf_counter() - started)
-    finally:
-        sink.close()
+    return timed_writes(sink_type(engine), records, batch)
 
 
 def bench_writes(backend: str, url: str, n: int, rounds: int) -> Result:

@@ -134,9 +134,14 @@ class BareTable:
 def sink_rate(engine: sa.Engine, records: Sequence[CostRecord], batch: int) -> float:
     cost_records.drop(engine, checkfirst=True)
     ensure_schema(engine)
-    sink = SQLSink(engine)
+    return timed_writes(SQLSink(engine), records, batch)
+
+
+def timed_writes(sink: SQLSink, records: Sequence[CostRecord], batch: int) -> float:
+    """Records/s ``sink`` writes ``records`` at, in batches; closes it. The first batch
+    (connecting, warming up) is outside the clock."""
     try:
-        sink.write(records[:batch])  # connect and warm up outside the clock
+        sink.write(records[:batch])
         started = time.perf_counter()
         for i in range(batch, len(records), batch):
             sink.write(records[i:i + batch])

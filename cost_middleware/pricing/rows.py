@@ -18,25 +18,21 @@ from cost_middleware.pricing.price import (
 from cost_middleware.utc import as_utc
 
 
-def json_list(text: str | None, entry: str, name: str) -> list[Any]:
-    """A JSON list column (``aliases``, ``tiers``)."""
+def _json_column(text: str | None, entry: str, name: str, kind: type[Any]) -> Any:
+    """A JSON text column holding a ``kind`` (list or dict); empty means an empty one."""
     try:
-        value = json.loads(text or "[]")
+        value = json.loads(text) if text else kind()
     except ValueError:
         raise PriceError(entry, name, "is not valid JSON in model_prices") from None
-    if not isinstance(value, list):
-        raise PriceError(entry, name, "must be a JSON list in model_prices")
+    if not isinstance(value, kind):
+        raise PriceError(entry, name, f"must be a JSON {'list' if kind is list else 'object'} "
+                         "in model_prices")
     return value
 
 
-def _json_object(text: str | None, entry: str, name: str) -> dict[str, Any]:
-    """A JSON object column (``service_tiers``)."""
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        raise PriceError(entry, name, "is not valid JSON in model_prices") from None
-    if not isinstance(value, dict):
-        raise PriceError(entry, name, "must be a JSON object in model_prices")
+def json_list(text: str | None, entry: str, name: str) -> list[Any]:
+    """A JSON list column (``aliases``, ``tiers``)."""
+    value: list[Any] = _json_column(text, entry, name, list)
     return value
 
 
@@ -57,7 +53,7 @@ def price_from_row(row: Mapping[Any, Any]) -> Price:
         aliases=tuple(str(a) for a in aliases),
         tiers=tuple(Tier.from_catalog(t, entry) for t in json_list(row["tiers"], entry, "tiers")),
         service_tiers=service_tiers_from_catalog(
-            _json_object(row["service_tiers"], entry, "service_tiers"), entry),
+            _json_column(row["service_tiers"], entry, "service_tiers", dict), entry),
         effective_from=as_utc(row["effective_from"]),
         version=int(row["version"]),
         source=row["source"],
