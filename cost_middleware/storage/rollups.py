@@ -3,14 +3,17 @@
 
 Every writer of ``cost_records`` adds what it stored in the same transaction, so the rollups
 never show a record the ledger lacks, or the reverse. Only rows actually inserted are added:
-the SQLite sink sums the rows whose rowid is above the table's largest before the batch (it
-holds the write lock throughout, so nobody else's rows are among them); on PostgreSQL a
+the SQLite sink sums its batch in Python when every record of it was new
+(:func:`sqlite_sums`), and otherwise has SQL sum the rows whose rowid is above the table's
+largest before the batch (it holds the write lock throughout, so nobody else's rows are
+among them); on PostgreSQL a
 statement-level trigger on ``cost_records`` sums the rows each INSERT or COPY inserted
 (:func:`create_trigger`), so the sink's direct COPY needs no second statement. A record
 already stored (a retry, a spool replay) is neither stored nor counted again. ``reprice``
 takes each page's records out of their hours and days, changes them, and adds them back.
 Every statement here is SQLAlchemy core: a value from a record is always a bound parameter
-or a column, never SQL text.
+or a column, never SQL text. Every sum is exact and saturates at 2**63-1, which only absurd
+records reach.
 
 Reads split a period [since, until) at whole days and hours: the days inside it come from
 the daily rollups, the hours of a partial day from the hourly ones, the partial hours at
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -89,7 +93,8 @@ def aggregate(source: FromClause, dialect: str, sign: int = 1,
               unit: str = "hour") -> Select[Any]:
     """The rollup rows per ``unit`` (of :data:`LEVELS`) of the records in ``source`` (anything
     with ``cost_records``' column names), each summed column times ``sign``: +1 adds the
-    records, -1 takes them out."""
+    records, -1 takes them out. Every sum is exact, saturated at :data:`SUM_CAP` (only absurd
+    records reach it)."""
     c = source.c
     nulls: ColumnElement[int] = sa.literal_column("0")
     keys: list[ColumnElement[Any]] = [start_of(c.created_at, unit, dialect), c.provider]
@@ -99,15 +104,16 @@ def aggregate(source: FromClause, dialect: str, sign: int = 1,
                                 else_=sa.literal_column("0"))
     keys.append(nulls)
     factor: ColumnElement[int] = sa.literal_column(str(int(sign)))
-    one: ColumnElement[int] = sa.literal_column("1")
-    zero: ColumnElement[int] = sa.literal_column("0")
+    count = sa.func.count()
+    # PostgreSQL sums bigints in NUMERIC; SQLite's sum would fail on an overflow.
+    summed = _split_sum if dialect == "sqlite" else _numeric_sum
     sums: list[ColumnElement[Any]] = [
-        sa.func.count() * factor,
-        *(_saturated(sa.func.sum(_capped(c[name], TOKEN_CAP, dialect)), dialect) * factor
-          for name in ROLLUP_TOKENS),
-        sa.func.sum(sa.case((c.cost_usd_pico.is_(None), one), else_=zero)) * factor,
-        sa.func.sum(sa.case((c.input_tokens.is_(None), one), else_=zero)) * factor,
-        _saturated(_exact_sum(c.cost_usd_pico, dialect), dialect) * factor,
+        count * factor,
+        *(_saturated(summed(c[name]), dialect) * factor for name in ROLLUP_TOKENS),
+        # Counting the nulls as what count(column) leaves out: no per-row expression.
+        (count - sa.func.count(c.cost_usd_pico)) * factor,
+        (count - sa.func.count(c.input_tokens)) * factor,
+        _saturated(summed(c.cost_usd_pico), dialect) * factor,
     ]
     pico = sums[-1]
     query = sa.select(*keys, *sums, _dollars(pico, dialect)).group_by(*keys)
@@ -115,47 +121,46 @@ def aggregate(source: FromClause, dialect: str, sign: int = 1,
     return query.where(sa.true()) if dialect == "sqlite" else query
 
 
-#: A record's token count as a rollup adds it: capped, so that no sum of an hour can
-#: overflow a 64-bit integer and fail its batch on every retry. No response reports 2**40
-#: (a trillion) tokens; the records keep theirs. Costs are summed exactly (:func:`_exact_sum`).
-TOKEN_CAP = 2**40
 #: The largest sum a rollup column holds (only absurd records reach it).
 SUM_CAP = 2**63 - 1
 
 
-def _capped(column: ColumnElement[Any], cap: int, dialect: str) -> ColumnElement[Any]:
-    """``column`` (null: 0) within [-cap, cap]: a count the cleaning kept negative is bounded
-    too, or the sum of a few such records would leave a 64-bit integer."""
-    # SQLite's min(a, b) and max(a, b).
-    least, greatest = ((sa.func.min, sa.func.max) if dialect == "sqlite"
-                       else (sa.func.least, sa.func.greatest))
-    return least(greatest(sa.func.coalesce(column, sa.literal_column("0")),
-                          sa.literal_column(str(-cap))), sa.literal_column(str(cap)))
-
-
-#: SQLite sums a cost in two halves of this size, neither of which can overflow.
+#: SQLite sums a column exactly in two halves of this size, neither of which can overflow.
 _HALF = 2**32
 
 
-def _exact_sum(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
-    """The exact sum of a column of 64-bit integers (null: 0), saturated by the caller.
+def _split_sum(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """SQLite: the exact sum of a column of 64-bit integers (null: 0), from :func:`_halves`;
+    their combination overflows only into a REAL above the bound, which :func:`_saturated`
+    brings back to it."""
+    high, low = _halves(column)
+    return high * sa.literal_column(str(_HALF)) + low
 
-    PostgreSQL sums bigints in NUMERIC. SQLite's ``sum`` fails on an overflow (a batch of a
-    few costs near the ledger's bound of 9 million USD would then fail for ever), so it sums
-    the high and the low 32 bits apart; their combination overflows only into a REAL above
-    the bound, which :func:`_saturated` brings back to it."""
+
+def _halves(column: ColumnElement[Any]) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    """SQLite: the sums of the high and of the low 32 bits of a column of 64-bit integers
+    (null: 0), neither of which can overflow (its ``sum`` fails past a 64-bit integer)."""
     value = sa.func.coalesce(column, sa.literal_column("0"))
-    if dialect != "sqlite":
-        return sa.func.sum(value)
     half: ColumnElement[int] = sa.literal_column(str(_HALF))
     # SQLite's own integer "/" and "%" (both truncate, so high * half + low is the value):
-    # SQLAlchemy's "/" would cast to REAL.
-    return (sa.func.sum(value.op("/")(half)) * half + sa.func.sum(value.op("%")(half)))
+    # SQLAlchemy's "/" would cast to REAL. Typed as plain integers: the sum of a companion
+    # is a count of units, not dollars.
+    return (sa.func.sum(value.op("/")(half), type_=sa.BigInteger()),
+            sa.func.sum(value.op("%")(half), type_=sa.BigInteger()))
+
+
+def _numeric_sum(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """PostgreSQL: the exact sum of a bigint column (null: 0), in NUMERIC."""
+    return sa.func.coalesce(sa.func.sum(column), sa.literal_column("0"))
 
 
 def _saturated(total: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
     """A sum kept within a 64-bit integer (only absurd records reach the bounds)."""
-    return _capped(total, SUM_CAP, dialect)
+    # SQLite's min(a, b) and max(a, b).
+    least, greatest = ((sa.func.min, sa.func.max) if dialect == "sqlite"
+                       else (sa.func.least, sa.func.greatest))
+    return least(greatest(total, sa.literal_column(str(-SUM_CAP))),
+                 sa.literal_column(str(SUM_CAP)))
 
 
 def _inserted(unit: str) -> tuple[str, ...]:
@@ -163,30 +168,110 @@ def _inserted(unit: str) -> tuple[str, ...]:
     return (unit, *KEYS, "nulls", *_SUMMED, "cost_usd")
 
 
-def upsert(rows: Select[Any], dialect: str, unit: str = "hour") -> sa.Insert:
-    """``INSERT`` the rollup rows of :func:`aggregate` into the ``unit``'s table, adding them
-    to the rows already there."""
+def upsert(rows: Select[Any] | None, dialect: str, unit: str = "hour") -> sa.Insert:
+    """``INSERT`` the rollup rows of :func:`aggregate` (None: one row of parameters, every
+    column of the ``unit``'s table in order) into the ``unit``'s table, adding them to the
+    rows already there."""
     table = LEVELS[unit]
     names = _inserted(unit)
     insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
-    stmt = insert.from_select(list(names), rows)
-    # PostgreSQL adds in NUMERIC: a bigint sum past the bound would fail the batch.
-    widen = (lambda c: c) if dialect == "sqlite" else (lambda c: sa.cast(c, sa.Numeric()))
-    added = {name: _saturated(widen(table.c[name]) + stmt.excluded[name], dialect)
+    stmt = (insert.from_select(list(names), rows) if rows is not None
+            else insert.values({c.name: sa.bindparam(c.name) for c in table.columns}))
+    added = {name: _saturated_add(table.c[name], stmt.excluded[name], dialect)
              for name in _SUMMED}
     added["cost_usd"] = _dollars(added["cost_usd_pico"], dialect)
     return stmt.on_conflict_do_update(index_elements=[table.c[n] for n in names[:6]],
                                       set_=added)
 
 
+def _saturated_add(stored: ColumnElement[Any], more: ColumnElement[Any],
+                   dialect: str) -> ColumnElement[Any]:
+    """``stored + more`` kept within a 64-bit integer."""
+    if dialect == "sqlite":  # an integer sum past the bound becomes a REAL: saturate it
+        return _saturated(stored + more, dialect)
+    # PostgreSQL: bigint arithmetic, which fails past the bound, so the bound is checked
+    # first (a cast to NUMERIC and back cost about 30 us a row here).
+    cap: ColumnElement[int] = sa.literal_column(str(SUM_CAP))
+    zero: ColumnElement[int] = sa.literal_column("0")
+    return sa.case((sa.and_(more > zero, stored > cap - more), cap),
+                   (sa.and_(more < zero, stored < -cap - more), -cap),
+                   else_=stored + more)
+
+
 def sqlite_added_since(dialect: sa.Dialect) -> list[str]:
     """SQLite: the statements (one per level) adding every ``cost_records`` row whose rowid is
     above their one parameter (the largest rowid before the batch), compiled for the sink's
-    own connection."""
+    own connection: for a batch of which some records were stored already (see
+    :func:`sqlite_sums` for the others)."""
     added = sa.select(cost_records).where(
         sa.literal_column("rowid") > sa.bindparam("before")).subquery()
     return [str(upsert(aggregate(added, "sqlite", unit=unit), "sqlite", unit)
                 .compile(dialect=dialect)) for unit in LEVELS]
+
+
+#: Where a row as the SQLite sink binds it (``cost_records``' columns in order, a datetime as
+#: its text) keeps what :func:`sqlite_sums` reads.
+_AT = cost_records.columns.keys().index("created_at")
+_KEYS_OF = itemgetter(*(cost_records.columns.keys().index(n) for n in KEYS))
+#: A row's summed values: its token counts, its cost (pico-dollars) and its input tokens.
+_SUMMED_OF = itemgetter(*(cost_records.columns.keys().index(n)
+                          for n in (*ROLLUP_TOKENS, "cost_usd_pico", "input_tokens")))
+_NULL_BITS = tuple(ROLLUP_NULL_BITS[name] for name in KEYS[1:])
+
+
+def sqlite_sums(rows: Iterable[Sequence[Any]]) -> dict[str, list[tuple[Any, ...]]]:
+    """SQLite: the rollup rows of each level (of :data:`LEVELS`) that :func:`aggregate` would
+    make of ``rows`` once stored, summed in Python, each in its table's column order (the
+    parameters of :func:`sqlite_values_upsert`). ``rows`` are as the sink binds them.
+
+    The sink sums a batch here when every record of it was new. SQLite's GROUP BY sorts
+    the rows first, which took four times as long as these sums (docs/PERFORMANCE.md)."""
+    by_hour: dict[tuple[Any, ...], list[Sequence[Any]]] = {}
+    for row in rows:
+        key = (row[_AT][:_TRUNC_TEXT["hour"]], *_KEYS_OF(row))
+        group = by_hour.get(key)
+        if group is None:
+            by_hour[key] = [row]
+        else:
+            group.append(row)
+    levels: dict[str, dict[tuple[Any, ...], list[int]]] = {unit: {} for unit in LEVELS}
+    hours, days = levels["hour"], levels["day"]
+    for key, group in by_hour.items():
+        *tokens, picos, inputs = zip(*map(_SUMMED_OF, group), strict=True)
+        hours[key] = sums = [len(group), *(sum(filter(None, counts)) for counts in tokens),
+                             picos.count(None), inputs.count(None), sum(filter(None, picos))]
+        day = (key[0][:_TRUNC_TEXT["day"]], *key[1:])
+        found = days.get(day)
+        days[day] = (sums.copy() if found is None
+                     else [a + b for a, b in zip(found, sums, strict=True)])
+    return {unit: [_rollup_row(unit, key, sums) for key, sums in totals.items()]
+            for unit, totals in levels.items()}
+
+
+def _rollup_row(unit: str, key: tuple[Any, ...], sums: list[int]) -> tuple[Any, ...]:
+    start, provider, model, tenant, route = key
+    nulls = ((model is None and _NULL_BITS[0]) + (tenant is None and _NULL_BITS[1])
+             + (route is None and _NULL_BITS[2]))
+    if not (min(sums) >= -SUM_CAP and max(sums) <= SUM_CAP):  # only absurd records
+        sums = [min(max(total, -SUM_CAP), SUM_CAP) for total in sums]
+    pico = sums[-1]
+    # float(pico) / 1e12 is what SQLite's pico / 1000000000000.0 computes (see _dollars).
+    return (start + _START_TEXT[unit], provider, model or "", tenant or "", route or "",
+            nulls, *sums[:-1], float(pico) / 10**USD_SCALE, pico)
+
+
+def sqlite_values_upsert(dialect: sa.Dialect, unit: str) -> tuple[str, str, str]:
+    """SQLite: :func:`upsert` of rows of parameters (:func:`sqlite_sums`), compiled for the
+    sink's connection and split into its head, one row's ``VALUES`` and its tail, so that
+    the sink can send many rows in one statement."""
+    compiled = upsert(None, "sqlite", unit).compile(dialect=dialect)
+    table = LEVELS[unit]
+    one = "(" + ", ".join("?" * len(table.columns)) + ")"
+    text = str(compiled)
+    if list(compiled.positiontup or ()) != table.columns.keys() or text.count(one) != 1:
+        raise AssertionError("the rollup upsert must take one row of every column, in order")
+    head, tail = text.split(one)
+    return head, one, tail
 
 
 #: PostgreSQL: the function and trigger that add every statement's inserted records to the
@@ -348,6 +433,7 @@ def totals(conn: Connection, keys: Sequence[str], bucket: str | None = None,
     result: dict[Key, Totals] = {}
     if since is not None and until is not None and since >= until:
         return result, "records"
+    dialect = conn.dialect.name
     parts: list[Select[Any]] = []
     rest = _rolled_up(conn, keys, bucket, since, until, filters, parts)
     sources = ["rollups"] if parts else []
@@ -357,7 +443,7 @@ def totals(conn: Connection, keys: Sequence[str], bucket: str | None = None,
         sources.append("records")
     for query in parts:
         for row in conn.execute(query):
-            found = _totals_of(row[-len(_SUMMED):])
+            found = _totals_of(row[-len(_SUMMED) * _parts(dialect):], dialect)
             if not found.requests:
                 continue  # no row matched (an aggregate without GROUP BY still returns one)
             key = tuple(row[:len(keys)])
@@ -434,7 +520,11 @@ def _bucket(value: Any) -> datetime:
     return as_utc(value)
 
 
-def _totals_of(values: Sequence[Any]) -> Totals:
+def _totals_of(values: Sequence[Any], dialect: str) -> Totals:
+    """The totals of a row's :func:`_sums` (read in their order)."""
+    if _parts(dialect) == 2:
+        values = [int(high or 0) * _HALF + int(low or 0)
+                  for high, low in zip(values[::2], values[1::2], strict=True)]
     requests, *rest = (int(v or 0) for v in values)
     tokens = dict(zip(ROLLUP_TOKENS, rest[:len(ROLLUP_TOKENS)], strict=True))
     unpriced, no_usage, pico = rest[len(ROLLUP_TOKENS):]
@@ -449,8 +539,7 @@ def _from_rollups(conn: Connection, unit: str, keys: Sequence[str], bucket: str 
     columns: list[ColumnElement[Any]] = [_rolled_key(u, name) for name in keys]
     if bucket is not None:
         columns.append(u[unit] if bucket == unit else _truncate(u[unit], bucket, dialect))
-    sums = [_sum(u[name]) for name in _SUMMED]
-    query = sa.select(*columns, *sums)
+    query = sa.select(*columns, *_sums([u[name] for name in _SUMMED], dialect))
     if start is not None:
         query = query.where(u[unit] >= start)
     if end is not None:
@@ -479,12 +568,10 @@ def _from_records(conn: Connection, keys: Sequence[str], bucket: str | None,
         columns.append(_truncate(_r.created_at, bucket, dialect))
     zero: ColumnElement[int] = sa.literal_column("0")
     one: ColumnElement[int] = sa.literal_column("1")
-    sums = [sa.func.count(),
-            *(_sum(_r[name]) for name in ROLLUP_TOKENS),
-            _sum(sa.case((_r.cost_usd_pico.is_(None), one), else_=zero)),
-            _sum(sa.case((_r.input_tokens.is_(None), one), else_=zero)),
-            _sum(_r.cost_usd_pico)]
-    query = sa.select(*columns, *sums)
+    summed = [one, *(_r[name] for name in ROLLUP_TOKENS),
+              sa.case((_r.cost_usd_pico.is_(None), one), else_=zero),
+              sa.case((_r.input_tokens.is_(None), one), else_=zero), _r.cost_usd_pico]
+    query = sa.select(*columns, *_sums(summed, dialect))
     # As UTC: SQLite compares the stored UTC text, so another offset would shift it.
     if start is not None:
         query = query.where(_r.created_at >= start)
@@ -495,9 +582,19 @@ def _from_records(conn: Connection, keys: Sequence[str], bucket: str | None,
     return query.group_by(*columns) if columns else query
 
 
-def _sum(column: ColumnElement[Any]) -> ColumnElement[Any]:
-    # Typed as a plain integer: the sum of a companion is a count of units, not dollars.
-    return sa.func.sum(column, type_=sa.BigInteger())
+def _sums(columns: Sequence[ColumnElement[Any]], dialect: str) -> list[ColumnElement[Any]]:
+    """Exact sums of ``columns`` (null: 0), read back by :func:`_totals_of`: PostgreSQL's in
+    NUMERIC; SQLite's as :func:`_halves`, combined in Python (a few absurd records pass a
+    64-bit integer)."""
+    if _parts(dialect) == 1:
+        # Typed as plain integers: the sum of a companion is a count of units, not dollars.
+        return [sa.func.sum(column, type_=sa.BigInteger()) for column in columns]
+    return [half for column in columns for half in _halves(column)]
+
+
+def _parts(dialect: str) -> int:
+    """How many columns :func:`_sums` reads per sum."""
+    return 2 if dialect == "sqlite" else 1
 
 
 def _given(filters: Filters) -> Iterable[tuple[str, str]]:

@@ -98,23 +98,27 @@ class SQLSink:
         # PostgreSQL: the rollups are added by the table's trigger (rollups.create_trigger).
         self._insert_staged = (f"INSERT INTO {table} ({names}) SELECT {names} FROM {_STAGE} "
                                f"ON CONFLICT ({quote('record_id')}) DO NOTHING")
+        # SQLite: multi-row INSERTs of power-of-two sizes, so any batch is a few statements
+        # (500 rows: 256 + 128 + 64 + 32 + 16 + 4) that SQLite's statement cache keeps; the
+        # same for the rollup rows of a batch.
+        self._insert_parts = (f"INSERT INTO {table} ({names}) VALUES ",
+                              "(" + ", ".join("?" * len(_COLUMNS)) + ")",
+                              f" ON CONFLICT ({quote('record_id')}) DO NOTHING")
         if not self._copy:
             self._rowid_before = str(sa.select(sa.func.max(sa.literal_column("rowid")))
                                      .select_from(cost_records).compile(dialect=dialect))
             self._roll_up_after = rollups.sqlite_added_since(dialect)
-        # SQLite: multi-row INSERTs of power-of-two sizes, so any batch is a few statements
-        # (500 rows: 256 + 128 + 64 + 32 + 16 + 4) that SQLite's statement cache keeps.
-        values = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
-        self._insert_head = f"INSERT INTO {table} ({names}) VALUES "
-        self._insert_values = values
-        self._insert_tail = f" ON CONFLICT ({quote('record_id')}) DO NOTHING"
+            self._roll_up_parts = {unit: rollups.sqlite_values_upsert(dialect, unit)
+                                   for unit in rollups.LEVELS}
         record_id = quote("record_id")
         self._select_stored = (f"SELECT {record_id} FROM {table} WHERE {record_id} = ANY(%s)"
                                if self._copy else
                                f"SELECT {record_id} FROM {table} WHERE {record_id} IN ")
-        #: (rows, statement) by decreasing size, made at the first write (the connection
-        #: tells the library's variable limit).
-        self._inserts: tuple[tuple[int, str], ...] = ()
+        #: SQLite: (rows, statement) by decreasing size, of the records and of each level's
+        #: rollups, made at the first write (the connection tells the library's variable
+        #: limit).
+        self._inserts: _Statements = ()
+        self._roll_up_inserts: dict[str, _Statements] = {}
         self._lock = threading.Lock()
         self._fairy: Any = None  # the pool's proxy of our connection, detached
         self._conn: Any = None  # the DBAPI connection inside it
@@ -198,39 +202,32 @@ class SQLSink:
     def _insert_rows(self, conn: Any, built: Iterator[tuple[Any, ...]]) -> int:
         rows = list(built)
         if not self._inserts:
-            self._inserts = self._insert_statements(conn)
-        inserted = done = 0
-        flat = chain.from_iterable
+            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._inserts = _in_sizes(*self._insert_parts, limit)
+            self._roll_up_inserts = {unit: _in_sizes(*parts, limit)
+                                     for unit, parts in self._roll_up_parts.items()}
         cursor = conn.cursor()
         try:
             # The write lock first: the rows above the largest rowid are then this batch's
-            # alone, and they are what the rollups add.
+            # alone, and they are what the rollups add when some records were stored already.
             cursor.execute("BEGIN IMMEDIATE")
             before = cursor.execute(self._rowid_before).fetchone()[0] or 0
-            for size, sql in self._inserts:
-                end = done + (len(rows) - done) // size * size
-                if end == done:
-                    continue
-                cursor.executemany(sql, (tuple(flat(rows[i:i + size]))
-                                         for i in range(done, end, size)))
-                inserted += cursor.rowcount
-                done = end
-            if inserted:
-                for sql in self._roll_up_after:
-                    cursor.execute(sql, (before,))
+            inserted = _execute_in_sizes(cursor, self._inserts, rows)
+            self._roll_up(cursor, rows, inserted, before)
         finally:
             cursor.close()
         conn.commit()
         return inserted
 
-    def _insert_statements(self, conn: Any) -> tuple[tuple[int, str], ...]:
-        fits = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS)
-        largest = min(_MAX_ROWS_PER_INSERT, 1 << (max(1, fits).bit_length() - 1))
-        return tuple(
-            (size, self._insert_head + ", ".join([self._insert_values] * size)
-             + self._insert_tail)
-            for size in (1 << i for i in reversed(range(largest.bit_length())))
-        )
+    def _roll_up(self, cursor: Any, rows: list[tuple[Any, ...]], inserted: int,
+                 before: int) -> None:
+        """SQLite: add what the batch inserted to the rollups, in its transaction."""
+        if inserted == len(rows):  # every record was new: their sums, made here
+            for unit, rolled in rollups.sqlite_sums(rows).items():
+                _execute_in_sizes(cursor, self._roll_up_inserts[unit], rolled)
+        elif inserted:  # only the rows SQLite inserted, summed by SQL
+            for sql in self._roll_up_after:
+                cursor.execute(sql, (before,))
 
     def _copy_rows(self, conn: Any, records: Sequence[CostRecord]) -> int:
         from psycopg import errors
@@ -274,6 +271,34 @@ class SQLSink:
             write_row = copy.write_row
             for row in self._rows(records):
                 write_row(row)
+
+
+#: (rows, statement) by decreasing size (see :func:`_in_sizes`).
+_Statements = tuple[tuple[int, str], ...]
+
+
+def _in_sizes(head: str, one_row: str, tail: str, variable_limit: int) -> _Statements:
+    """SQLite: the statement ``head`` + rows of ``one_row`` + ``tail`` for every power of two
+    up to :data:`_MAX_ROWS_PER_INSERT` rows (fewer where ``variable_limit`` says)."""
+    fits = variable_limit // one_row.count("?")
+    largest = min(_MAX_ROWS_PER_INSERT, 1 << (max(1, fits).bit_length() - 1))
+    return tuple((size, head + ", ".join([one_row] * size) + tail)
+                 for size in (1 << i for i in reversed(range(largest.bit_length()))))
+
+
+def _execute_in_sizes(cursor: Any, statements: _Statements, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Send ``rows`` as few of ``statements`` as their number allows; returns the rows the
+    statements changed."""
+    changed = done = 0
+    flat = chain.from_iterable
+    for size, sql in statements:
+        end = done + (len(rows) - done) // size * size
+        if end == done:
+            continue
+        cursor.executemany(sql, (tuple(flat(rows[i:i + size])) for i in range(done, end, size)))
+        changed += cursor.rowcount
+        done = end
+    return changed
 
 
 class MemorySink:
