@@ -8,9 +8,9 @@ an executemany there): straight into the table, or, when a batch holds records a
 stored, into a temporary staging table followed by ``INSERT ... SELECT ... ON CONFLICT DO
 NOTHING``. Either way a record already stored is ignored, which is what makes retries and
 spool replays safe, and a batch is committed before ``write`` returns. The batch's hourly
-and daily rollups are added in the same transaction, from the rows actually inserted: by
-one more statement on SQLite, by the table's trigger on PostgreSQL (see
-:mod:`cost_middleware.storage.rollups`).
+and daily rollups are added in the same transaction, from the rows actually inserted: on
+SQLite by upserting the batch's sums (made in Python when every record was new, by SQL
+otherwise), by the table's trigger on PostgreSQL (see :mod:`cost_middleware.storage.rollups`).
 
 Each new writer connection first checks that the ledger is at the schema revision this code
 writes; a ledger behind it (not yet migrated) fails the write with a
