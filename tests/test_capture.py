@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from time import perf_counter
@@ -15,7 +16,7 @@ from cost_middleware.capture import MAX_REQUEST_BODY, Capture
 from cost_middleware.config import Settings
 from cost_middleware.context import MAX_ROUTE, RequestContext
 from cost_middleware.engine.tracker import CostTracker
-from cost_middleware.records import CostRecord
+from cost_middleware.records import CostRecord, new_record_id
 from cost_middleware.usage.base import Exchange, Reader, Target
 from cost_middleware.usage.model import Extraction
 
@@ -470,3 +471,13 @@ def test_the_same_usage_in_another_request_is_recorded(pipe: Pipeline) -> None:
     respond(pipe.capture(context=pipe.context(), client_call=True), OPENAI_CHAT)
     respond(pipe.capture(context=pipe.context()), OPENAI_CHAT)
     assert len(pipe.records) == 2
+
+
+def test_record_ids_are_32_hex_digits_led_by_the_milliseconds_they_were_made_at() -> None:
+    before = int(time.time() * 1000)
+    ids = [new_record_id() for _ in range(1000)]
+    after = int(time.time() * 1000)
+    assert len(set(ids)) == len(ids)
+    for made in ids:
+        assert len(made) == 32 and made == made.lower() and int(made, 16) >= 0
+        assert before <= int(made[:12], 16) <= after

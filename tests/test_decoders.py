@@ -821,3 +821,14 @@ def test_body_buffer_cap() -> None:
     assert body.buffered == 0
     body.feed(b"f")
     assert body.close() is None
+
+
+def test_body_buffer_cap_is_set_before_the_first_read() -> None:
+    body = BodyBuffer(max_bytes=100)
+    body.cap(4)
+    body.feed(b"abcde")
+    assert body.error == BODY_TOO_LARGE
+    fed = BodyBuffer(max_bytes=100)
+    fed.feed(b"ab")
+    with pytest.raises(RuntimeError):
+        fed.cap(4)

@@ -35,6 +35,12 @@ class BodyBuffer:
         self._tail: deque[bytes] = deque()
         self._tail_size = 0
 
+    def cap(self, max_bytes: int) -> None:
+        """Hold at most ``max_bytes`` instead (before the first read: one buffer per body)."""
+        if self._size:
+            raise RuntimeError("a body buffer's cap is set before its first read")
+        self._max = max_bytes
+
     @property
     def keeps_ends(self) -> bool:
         """A body over the cap keeps its ends (the cap is large enough for them)."""

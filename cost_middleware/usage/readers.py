@@ -225,7 +225,7 @@ class BodyReader:
     def limit(self, max_bytes: int, metrics: Metrics) -> None:
         """Hold at most ``max_bytes`` of the body, and count repairs in ``metrics`` (called by
         the capture layer before the first read)."""
-        self._buffer = BodyBuffer(max_bytes)
+        self._buffer.cap(max_bytes)
         self._metrics = metrics
 
     @property
