@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -46,14 +44,6 @@ def post(middleware: CostMiddleware, tenant: str, n: int = 0, path: str = CHAT
 
     return asyncio.run(go())
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def ledger_spend(engine: sa.Engine, budget: Budget) -> dict[str, int]:

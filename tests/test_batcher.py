@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from cost_middleware.config import Settings
 from cost_middleware.engine.batcher import Batcher
@@ -49,14 +50,6 @@ def record(i: int = 0) -> CostRecord:
     return CostRecord(provider="openai", api="chat", model="gpt-4o",
                       usage=Usage(input_tokens=i, output_tokens=1), record_id=uuid.uuid4().hex)
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from budget_helpers import CHAT, app, ledger_spend, ledger_usd, post, settings, wait_for
+from budget_helpers import CHAT, app, ledger_spend, ledger_usd, post, settings
 from budget_helpers import window_key as key_of
-from conftest import RedisServer
+from conftest import RedisServer, wait_for
 
 from cost_middleware import BudgetExceeded, CostTracker, Usage, WSGICostMiddleware, record_usage
 from cost_middleware.budgets import api

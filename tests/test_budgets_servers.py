@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import redis
 import sqlalchemy as sa
-from budget_helpers import CHAT, body, ledger_spend, settings, wait_for, window_key
-from conftest import ROOT, RedisServer, free_port
+from budget_helpers import CHAT, body, ledger_spend, settings, window_key
+from conftest import ROOT, RedisServer, free_port, wait_for
 from test_server_durability import stop
 
 from cost_middleware.budgets import api

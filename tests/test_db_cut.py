@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import wait_for
 from faults import Proxy
-from test_durability import wait_for
 
 from cost_middleware.config import Settings
 from cost_middleware.engine.batcher import Batcher, InDoubt, ReplaySink

@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import wait_for
 from faults import Proxy
 
 from cost_middleware.config import Settings
@@ -54,14 +55,6 @@ def record(i: int = 0) -> CostRecord:
     return CostRecord(provider="openai", api="chat", model="gpt-4o", tenant="acme",
                       usage=Usage(input_tokens=i, output_tokens=1), record_id=uuid.uuid4().hex)
 
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def p99(samples: list[int]) -> float:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import RedisServer, free_port
+from conftest import RedisServer, free_port, wait_for
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -171,13 +170,6 @@ def last_cost(engine: sa.Engine) -> tuple[Decimal | None, int | None]:
     return row.cost_usd, row.price_version
 
 
-def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "not within the deadline"
-        time.sleep(0.01)
-
-
 def test_a_refresh_prices_the_next_record_through_the_middleware(
         db_url: str, price_server: PriceServer, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,7 +180,8 @@ def test_a_refresh_prices_the_next_record_through_the_middleware(
     try:
         call(mw)  # starts the worker, which opens the ledger and starts the refresh
         assert tracker.flush(10)
-        wait_for(lambda: tracker._refresher is not None and tracker._refresher.last is not None)
+        assert wait_for(lambda: tracker._refresher is not None
+                        and tracker._refresher.last is not None, 10)
         worker = tracker._refresher
         assert worker is not None and worker.last is not None
         assert worker.last.kind == refresh.APPLIED, worker.last
@@ -223,10 +216,10 @@ def test_a_refresh_reaches_another_processs_book_through_redis(
     first = refresher(ledger, price_server.url, redis_url=redis_server.url)
     second = refresher(ledger, price_server.url, redis_url=redis_server.url)
     try:
-        wait_for(lambda: sync.channel != DOWN)
+        assert wait_for(lambda: sync.channel != DOWN, 10)
         assert other.lookup("openai", MODEL) is None  # cached as unknown for the cache TTL
         assert first.refresh_once().kind == refresh.APPLIED
-        wait_for(lambda: other.lookup("openai", MODEL) is not None, 5)
+        assert wait_for(lambda: other.lookup("openai", MODEL) is not None, 5)
         assert other.cost(USAGE, MODEL, "openai") == D("0.0075")
         # One process per interval: the other one's round is skipped, and counted.
         assert second.refresh_once().kind == refresh.SKIPPED
