@@ -11,14 +11,23 @@ same batches the way it did before rollups (no rollup statement on SQLite; on Po
 same COPY into a table without the rollups' trigger).
 
     python benchmarks/bench_rollups.py [--quick] [--large]
+    python benchmarks/bench_rollups.py --floor    # what the parts of a rollup write cost
+
+``--floor`` prints, instead of the targets, the write rate of each part of the rollup work
+alone against the sink without rollups, interleaved (5 rounds of 50,000 records; the median
+of the rounds' ratios): on SQLite the Python sums computed and not written; on PostgreSQL a
+trigger that does nothing, then one that only sums the transition table (both levels), then
+one that appends the sums to a table without keys instead of upserting them.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,8 @@ from cost_middleware.storage.sinks import SQLSink
 READ_LIMIT_S = 0.100
 #: ``--large``: the 10-million-row ledgers too (several minutes per backend).
 LARGE = "--large" in sys.argv
+#: ``--floor``: what each part of the rollup work costs the write rate (see the docstring).
+FLOOR = "--floor" in sys.argv
 WRITE_RATIO = 0.90
 _PG_ROWS = """
 INSERT INTO cost_records (record_id, created_at, provider, model, api, tenant, route,
@@ -153,6 +164,77 @@ def write_rate(engine: sa.Engine, sink_type: type[SQLSink], records: Sequence[Co
     return timed_writes(sink_type(engine), records, batch)
 
 
+class SumsOnly(SQLSink):
+    """SQLite: the batch's rollup sums made in Python, not written (the floor of that path)."""
+
+    def _roll_up(self, cursor: Any, rows: list[tuple[Any, ...]], inserted: int,
+                 before: int) -> None:
+        rollups.sqlite_sums(rows)
+
+
+def _trigger_body(conn: sa.Connection, part: str) -> str:
+    """PostgreSQL: the body of a rollup trigger doing only ``part`` of the work."""
+    added = sa.table("added", *(sa.column(c.name) for c in cost_records.columns))
+    if part == "empty":
+        return ""
+    body = ""
+    for unit in rollups.LEVELS:
+        summed = rollups.aggregate(added, "postgresql", unit=unit)
+        if part == "sums":
+            body += f"PERFORM count(*) FROM ({rollups._constant(summed, conn.dialect)}) s;\n"
+        else:  # "append": the sums inserted into a table without keys, no upsert
+            names = rollups._inserted(unit)
+            into = sa.table(f"bench_{unit}_appended", *(sa.column(n) for n in names))
+            append = sa.insert(into).from_select(list(names), summed)
+            body += f"{rollups._constant(append, conn.dialect)};\n"
+    return body
+
+
+def floor_rate(engine: sa.Engine, part: str, records: Sequence[CostRecord]) -> float:
+    """Records/s of the sink with only ``part`` of the rollup work (see the docstring)."""
+    if engine.dialect.name == "sqlite":
+        sinks = {"off": WithoutRollups, "sums": SumsOnly, "on": SQLSink}
+        return write_rate(engine, sinks[part], records)
+    if part in ("off", "on"):
+        return write_rate(engine, WithoutRollups if part == "off" else SQLSink, records)
+    metadata.drop_all(engine)
+    ensure_schema(engine)
+    with engine.begin() as conn:
+        for unit, table in rollups.LEVELS.items():
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS bench_{unit}_appended")
+            conn.exec_driver_sql(f"CREATE TABLE bench_{unit}_appended (LIKE {table.name})")
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {rollups.TRIGGER}() RETURNS trigger LANGUAGE plpgsql "
+            f"AS $floor$\nBEGIN\n{_trigger_body(conn, part)}RETURN NULL;\nEND\n$floor$")
+    return timed_writes(SQLSink(engine), records, 500)
+
+
+def print_floor() -> None:
+    records = make_records(50_000)
+    parts = {"SQLite": ("off", "sums", "on"),
+             "PostgreSQL": ("off", "empty", "sums", "append", "on")}
+    with tempfile.TemporaryDirectory() as tmp, postgres_database() as pg_url:
+        urls = {"SQLite": f"sqlite:///{Path(tmp) / 'bench.db'}", "PostgreSQL": pg_url}
+        for backend, url in urls.items():
+            if url is None:
+                print(f"{backend}: {NO_POSTGRES}")
+                continue
+            engine = make_engine(url)
+            try:
+                rates = interleave({part: partial(floor_rate, engine, part, records)
+                                    for part in parts[backend]}, 5)
+            finally:
+                engine.dispose()
+            off = rates["off"]
+            for part, found in rates.items():
+                # Each round runs every part back to back: a round's ratio is the least
+                # touched by the machine's speed changing between rounds.
+                ratio = statistics.median(f / o for f, o in zip(found, off, strict=True))
+                print(f"{backend:10} {part:7} {max(found):9,.0f} records/s at best  "
+                      f"median {ratio:.3f}x of off per round  (rounds: "
+                      f"{', '.join(f'{r:,.0f}' for r in found)})")
+
+
 def bench_writes(backend: str, url: str, n: int, rounds: int) -> Result:
     engine = make_engine(url)
     records = make_records(n)
@@ -186,6 +268,9 @@ def run(quick: bool) -> list[Result]:
 
 
 if __name__ == "__main__":
+    if FLOOR:
+        print_floor()
+        sys.exit(0)
     if LARGE:
         sys.argv.remove("--large")  # not an option of the shared runner
     standalone(run, "rollups: reports from rollups against the raw GROUP BY, and write rates")
