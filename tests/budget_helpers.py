@@ -45,7 +45,6 @@ def post(middleware: CostMiddleware, tenant: str, n: int = 0, path: str = CHAT
     return asyncio.run(go())
 
 
-
 def ledger_spend(engine: sa.Engine, budget: Budget) -> dict[str, int]:
     return window_spend(engine, budget, *window_bounds(budget.window, utcnow()))
 

@@ -51,7 +51,6 @@ def record(i: int = 0) -> CostRecord:
                       usage=Usage(input_tokens=i, output_tokens=1), record_id=uuid.uuid4().hex)
 
 
-
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics(Settings(statsd_enabled=True))

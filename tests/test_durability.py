@@ -56,7 +56,6 @@ def record(i: int = 0) -> CostRecord:
                       usage=Usage(input_tokens=i, output_tokens=1), record_id=uuid.uuid4().hex)
 
 
-
 def p99(samples: list[int]) -> float:
     ordered = sorted(samples)
     return float(ordered[int(len(ordered) * 0.99)])
