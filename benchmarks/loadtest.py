@@ -387,15 +387,16 @@ def _empty_records(engine: sa.Engine) -> None:
         conn.execute(sa.text("TRUNCATE cost_records"))
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, log_path: Path,
+                    timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited at start:\n{log_path.read_text()[-2000:]}")
         if _reachable("127.0.0.1", port):
             return
         time.sleep(0.05)
-    raise RuntimeError("server did not start listening within 30 s")
+    raise RuntimeError(f"server did not start listening within {timeout:.0f} s")
 
 
 def _wrk(wrk: str, url: str, seconds: int, connections: int, body_file: Path) -> WrkResult:

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -164,7 +163,8 @@ def in_server(lt: Any, variant: str, seconds: int, cache_sim: bool, env: dict[st
         proc = subprocess.Popen(cmd, cwd=BENCH, stdout=log, stderr=subprocess.STDOUT,
                                 env=_own_spool(env, work, out.name), start_new_session=True)
         try:
-            _wait_port(proc, port, log_path)
+            # Start-up under valgrind takes a minute or more.
+            lt._wait_listening(proc, port, log_path, timeout=600)
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             lt._wrk(shutil.which("wrk"), url, 10, 4, body_file)  # warm, not counted
             subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
@@ -181,19 +181,6 @@ def in_server(lt: Any, variant: str, seconds: int, cache_sim: bool, env: dict[st
             proc.wait(300)
     totals = _totals(out)
     return {event: value / max(1, measured.requests) for event, value in totals.items()}
-
-
-def _wait_port(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 600  # start-up under valgrind takes a minute or more
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{log_path.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError("the server did not listen within 600 s")
 
 
 def main() -> int:
