@@ -155,12 +155,17 @@ class WithoutRollups(SQLSink):
 
 
 def write_rate(engine: sa.Engine, sink_type: type[SQLSink], records: Sequence[CostRecord],
-               batch: int = 500) -> float:
+               batch: int = 500, setup: Callable[[sa.Connection], None] | None = None) -> float:
+    """Records/s of ``sink_type`` into a fresh ledger, after ``setup`` of it (PostgreSQL: a
+    trigger changed) when given."""
     metadata.drop_all(engine)
     ensure_schema(engine)
     if sink_type is WithoutRollups and engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TRIGGER {rollups.TRIGGER} ON cost_records"))
+    if setup is not None:
+        with engine.begin() as conn:
+            setup(conn)
     return timed_writes(sink_type(engine), records, batch)
 
 
@@ -174,9 +179,9 @@ class SumsOnly(SQLSink):
 
 def _trigger_body(conn: sa.Connection, part: str) -> str:
     """PostgreSQL: the body of a rollup trigger doing only ``part`` of the work."""
-    added = sa.table("added", *(sa.column(c.name) for c in cost_records.columns))
     if part == "empty":
         return ""
+    added = sa.table("added", *(sa.column(c.name) for c in cost_records.columns))
     body = ""
     for unit in rollups.LEVELS:
         summed = rollups.aggregate(added, "postgresql", unit=unit)
@@ -197,16 +202,16 @@ def floor_rate(engine: sa.Engine, part: str, records: Sequence[CostRecord]) -> f
         return write_rate(engine, sinks[part], records)
     if part in ("off", "on"):
         return write_rate(engine, WithoutRollups if part == "off" else SQLSink, records)
-    metadata.drop_all(engine)
-    ensure_schema(engine)
-    with engine.begin() as conn:
+
+    def only_part(conn: sa.Connection) -> None:
         for unit, table in rollups.LEVELS.items():
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS bench_{unit}_appended")
             conn.exec_driver_sql(f"CREATE TABLE bench_{unit}_appended (LIKE {table.name})")
         conn.exec_driver_sql(
             f"CREATE OR REPLACE FUNCTION {rollups.TRIGGER}() RETURNS trigger LANGUAGE plpgsql "
             f"AS $floor$\nBEGIN\n{_trigger_body(conn, part)}RETURN NULL;\nEND\n$floor$")
-    return timed_writes(SQLSink(engine), records, 500)
+
+    return write_rate(engine, SQLSink, records, setup=only_part)
 
 
 def print_floor() -> None:
