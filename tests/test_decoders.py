@@ -832,3 +832,7 @@ def test_body_buffer_cap_is_set_before_the_first_read() -> None:
     fed.feed(b"ab")
     with pytest.raises(RuntimeError):
         fed.cap(4)
+    over = BodyBuffer(max_bytes=4)
+    over.feed(b"abcde")  # over the cap: nothing held, but read
+    with pytest.raises(RuntimeError):
+        over.cap(100)

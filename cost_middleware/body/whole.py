@@ -37,7 +37,7 @@ class BodyBuffer:
 
     def cap(self, max_bytes: int) -> None:
         """Hold at most ``max_bytes`` instead (before the first read: one buffer per body)."""
-        if self._size:
+        if self._size or self.error is not None:  # a body over the cap is read too
             raise RuntimeError("a body buffer's cap is set before its first read")
         self._max = max_bytes
 
